@@ -1,0 +1,67 @@
+"""convkit: 2-D convolution and pooling for NumPy arrays, with gradients.
+
+Cython + OpenMP kernels behind a NumPy API with PyTorch's semantics, a plain
+NumPy reference (:mod:`convkit.reference`) and a small layer API
+(:mod:`convkit.nn`) for building and training CNNs.
+"""
+
+__version__ = "0.1.0"
+
+from convkit._threads import get_num_threads, num_threads, set_num_threads
+from convkit.functional import (
+    col2im,
+    conv2d,
+    conv2d_backward,
+    get_workspace_limit,
+    im2col,
+    set_workspace_limit,
+    workspace_limit,
+)
+
+
+def show_config(file=None):
+    """Print the version, compiler, OpenMP, SIMD flags, BLAS and thread count."""
+    import platform
+    import sys
+
+    import numpy as np
+
+    from convkit import _threads
+    from convkit._lib import _openmp
+
+    info = _openmp.build_info()
+    blas = _threads.blas_info()
+    if blas:
+        blas_text = "; ".join(
+            f"{lib.get('internal_api')} {lib.get('version')} ({lib.get('threading_layer')}, "
+            f"{lib.get('architecture')}, {lib.get('num_threads')} threads)" for lib in blas)
+    else:
+        blas_text = "unknown (install threadpoolctl to see it)"
+    lines = [
+        f"convkit {__version__}",
+        f"python {platform.python_version()}, numpy {np.__version__}, {platform.machine()}",
+        f"compiler: {info['compiler']}",
+        f"compile flags: {info['compile_flags'] or '(none recorded)'}",
+        f"OpenMP: {'yes' if info['openmp'] else 'no (kernels run serially)'}",
+        f"SIMD baseline: {' '.join(info['simd_baseline']) or 'none'}",
+        f"BLAS (NumPy's, used by method='im2col'): {blas_text}",
+        f"threads: {get_num_threads()}",
+        f"im2col workspace limit: {get_workspace_limit() / (1 << 20):g} MiB",
+    ]
+    print("\n".join(lines), file=file or sys.stdout)
+
+
+__all__ = [
+    "__version__",
+    "conv2d",
+    "conv2d_backward",
+    "im2col",
+    "col2im",
+    "set_num_threads",
+    "get_num_threads",
+    "num_threads",
+    "set_workspace_limit",
+    "get_workspace_limit",
+    "workspace_limit",
+    "show_config",
+]

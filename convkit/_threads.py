@@ -1,0 +1,127 @@
+"""How many threads convkit's kernels use, and BLAS limits around them.
+
+The count is resolved here, once per call, in Python; kernels receive it as
+their last argument. ``set_num_threads`` changes the process-wide default;
+``num_threads`` overrides it inside a ``with`` block for the current thread
+(or asyncio task) only, so concurrent callers do not disturb each other.
+"""
+
+import contextlib
+import contextvars
+import os
+
+from convkit._lib import _openmp
+
+_override = contextvars.ContextVar("convkit_num_threads", default=None)
+_default = None
+
+
+def _cpu_count():
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _initial_threads():
+    value = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    if value:
+        try:
+            n = int(value)
+        except ValueError:
+            n = 0
+        if n >= 1:
+            return n
+    return _cpu_count()
+
+
+def _check_count(n):
+    if isinstance(n, bool) or not isinstance(n, int) and not hasattr(n, "__index__"):
+        raise TypeError(f"the number of threads must be an int, got {n!r}")
+    n = int(n.__index__()) if not isinstance(n, int) else n
+    if n < 1:
+        raise ValueError(f"the number of threads must be >= 1, got {n}")
+    return n
+
+
+def set_num_threads(n):
+    """Set the number of threads convkit's kernels use (process-wide default)."""
+    global _default
+    _default = _check_count(n)
+
+
+def get_num_threads():
+    """Threads the next kernel call will use (1 when built without OpenMP)."""
+    if not _openmp.openmp_enabled():
+        return 1
+    override = _override.get()
+    if override is not None:
+        return override
+    if _default is None:
+        set_num_threads(_initial_threads())
+    return _default
+
+
+@contextlib.contextmanager
+def num_threads(n):
+    """Context manager: use ``n`` threads inside the block (this thread only).
+
+    >>> with convkit.num_threads(1):
+    ...     y = convkit.conv2d(x, w)
+    """
+    token = _override.set(_check_count(n))
+    try:
+        yield
+    finally:
+        _override.reset(token)
+
+
+def threads_for(work, n_threads=None, min_work_per_thread=1 << 15):
+    """Thread count for a call doing ``work`` multiply-adds (or element visits).
+
+    Tiny calls run serially: waking a thread team costs microseconds, more
+    than the work itself below ``min_work_per_thread`` per thread.
+    """
+    if n_threads is None:
+        n_threads = get_num_threads()
+    return max(1, min(n_threads, work // min_work_per_thread))
+
+
+_blas = None
+
+
+def _blas_controller():
+    """Cached threadpoolctl controller of the BLAS NumPy uses (None if unavailable)."""
+    global _blas
+    if _blas is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:
+            _blas = False
+        else:
+            controller = ThreadpoolController().select(user_api="blas")
+            _blas = (controller, [lib.num_threads for lib in controller.lib_controllers])
+    return _blas or None
+
+
+def blas_info():
+    """List of dicts describing the BLAS libraries NumPy loaded (needs threadpoolctl)."""
+    found = _blas_controller()
+    if found is None:
+        return []
+    return [lib.info() for lib in found[0].lib_controllers]
+
+
+@contextlib.contextmanager
+def blas_threads(n):
+    """Hold NumPy's BLAS to ``n`` threads inside the block.
+
+    A no-op when threadpoolctl is missing or when BLAS already uses ``n``
+    threads by default, so the common case touches no global state.
+    """
+    found = _blas_controller()
+    if found is None or all(count == n for count in found[1]):
+        yield
+        return
+    with found[0].limit(limits=n):
+        yield

@@ -1,0 +1,267 @@
+"""Argument checks, padding normalisation and output sizes for every op.
+
+All shape arithmetic of convkit lives here, so that conv2d, the pooling ops,
+their gradients and the NumPy reference agree on what an output size is.
+Nothing here imports compiled code.
+"""
+
+import numbers
+from dataclasses import dataclass
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _pair(value, name):
+    """Return ``value`` as a tuple of two Python ints (int or length-2 sequence)."""
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+    if isinstance(value, numbers.Integral):
+        return (int(value), int(value))
+    try:
+        items = tuple(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}") from None
+    if len(items) != 2 or not all(
+        isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_)) for v in items
+    ):
+        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+    return (int(items[0]), int(items[1]))
+
+
+def positive_pair(value, name):
+    """``_pair`` that also requires both entries to be >= 1."""
+    pair = _pair(value, name)
+    if pair[0] < 1 or pair[1] < 1:
+        raise ValueError(f"{name} must be positive, got {value!r}")
+    return pair
+
+
+def effective_kernel(kernel, dilation):
+    """Extent of a dilated kernel: dilation * (kernel - 1) + 1."""
+    return dilation * (kernel - 1) + 1
+
+
+def same_padding(size, kernel, stride, dilation):
+    """Keras/TensorFlow "same": output ceil(size / stride), extra pad at the end."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + effective_kernel(kernel, dilation) - size, 0)
+    return (total // 2, total - total // 2)
+
+
+def resolve_padding(padding, input_hw, kernel_hw, stride, dilation, name="padding"):
+    """Normalise ``padding`` to ``((top, bottom), (left, right))``.
+
+    Accepts an int, a pair ``(ph, pw)``, a pair of pairs
+    ``((top, bottom), (left, right))``, ``"valid"`` or ``"same"``.
+    """
+    if isinstance(padding, str):
+        mode = padding.lower()
+        if mode == "valid":
+            return ((0, 0), (0, 0))
+        if mode == "same":
+            return tuple(same_padding(input_hw[i], kernel_hw[i], stride[i], dilation[i])
+                         for i in range(2))
+        raise ValueError(f"{name} must be an int, a pair, a pair of pairs, 'valid' or "
+                         f"'same', got {padding!r}")
+    if isinstance(padding, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an int, a pair or a string, got {padding!r}")
+    if isinstance(padding, numbers.Integral):
+        pads = ((int(padding),) * 2, (int(padding),) * 2)
+    else:
+        try:
+            items = tuple(padding)
+        except TypeError:
+            raise TypeError(f"{name} must be an int, a pair or a string, got {padding!r}") from None
+        if len(items) != 2:
+            raise ValueError(f"{name} must have 2 entries (height, width), got {padding!r}")
+        if all(isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
+               for v in items):
+            pads = ((int(items[0]),) * 2, (int(items[1]),) * 2)
+        else:
+            pads = tuple(_pair(v, name) for v in items)
+    if min(pads[0] + pads[1]) < 0:
+        raise ValueError(f"{name} must be non-negative, got {padding!r}")
+    return pads
+
+
+def output_size(size, kernel, stride, pad_before, pad_after, dilation=1, ceil_mode=False):
+    """Number of windows along one axis (PyTorch's rule, ``cover_all``-free).
+
+    With ``ceil_mode`` a last partial window is added only if it starts inside
+    the input or the leading padding, never wholly in the trailing padding.
+    """
+    span = size + pad_before + pad_after - effective_kernel(kernel, dilation)
+    if span < 0:
+        return 0
+    if not ceil_mode:
+        return span // stride + 1
+    out = -(-span // stride) + 1
+    if (out - 1) * stride >= size + pad_before:
+        out -= 1
+    return out
+
+
+def check_float_array(array, name):
+    """Return ``array`` as an ndarray of float32 or float64, else raise TypeError."""
+    if not isinstance(array, np.ndarray):
+        array = np.asarray(array)
+    if array.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be a float32 or float64 array, got dtype "
+                        f"{array.dtype} with shape {array.shape}")
+    return array
+
+
+def check_ndim(array, ndim, name, layout):
+    if array.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D {layout}, got shape {array.shape}")
+
+
+def check_same_dtype(array, reference, name, reference_name):
+    if array.dtype != reference.dtype:
+        raise TypeError(f"{name} has dtype {array.dtype} but {reference_name} has dtype "
+                        f"{reference.dtype}; convert one of them (convkit never mixes "
+                        f"precisions silently)")
+
+
+def contiguous(array):
+    """C-contiguous version of ``array``; a copy only when needed."""
+    return np.ascontiguousarray(array)
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """Every size a 2-D convolution needs, checked once."""
+
+    N: int
+    C: int
+    H: int
+    W: int
+    K: int
+    R: int
+    S: int
+    P: int
+    Q: int
+    groups: int
+    stride: tuple
+    dilation: tuple
+    padding: tuple  # ((top, bottom), (left, right))
+
+    @property
+    def C_per_group(self):
+        return self.C // self.groups
+
+    @property
+    def K_per_group(self):
+        return self.K // self.groups
+
+    @property
+    def input_shape(self):
+        return (self.N, self.C, self.H, self.W)
+
+    @property
+    def output_shape(self):
+        return (self.N, self.K, self.P, self.Q)
+
+    @property
+    def weight_shape(self):
+        return (self.K, self.C // self.groups, self.R, self.S)
+
+    @property
+    def is_pointwise(self):
+        """1x1, stride 1, unpadded: the convolution is a plain matrix product."""
+        return (self.R == 1 and self.S == 1 and self.stride == (1, 1)
+                and self.padding == ((0, 0), (0, 0)))
+
+    @property
+    def flops(self):
+        """Multiply-adds times two of the forward pass."""
+        return 2 * self.N * self.K * self.P * self.Q * self.C_per_group * self.R * self.S
+
+
+def conv_geometry(x_shape, weight_shape, stride, padding, dilation, groups,
+                  x_name="x", weight_name="weight"):
+    """Check conv2d's arguments against each other and return the geometry.
+
+    ``x_shape`` is ``(N, C, H, W)``, ``weight_shape`` is ``(K, C // groups, R, S)``.
+    """
+    if len(x_shape) != 4:
+        raise ValueError(f"{x_name} must be 4-D (N, C, H, W), got shape {tuple(x_shape)}")
+    if len(weight_shape) != 4:
+        raise ValueError(f"{weight_name} must be 4-D (K, C // groups, R, S), got shape "
+                         f"{tuple(weight_shape)}")
+    N, C, H, W = (int(v) for v in x_shape)
+    K, C_per_group, R, S = (int(v) for v in weight_shape)
+    if isinstance(groups, (bool, np.bool_)) or not isinstance(groups, numbers.Integral):
+        raise TypeError(f"groups must be an int, got {groups!r}")
+    groups = int(groups)
+    if groups < 1:
+        raise ValueError(f"groups must be positive, got {groups}")
+    if C % groups or K % groups:
+        raise ValueError(f"groups={groups} must divide both the input channels C={C} of "
+                         f"{x_name} {tuple(x_shape)} and the output channels K={K} of "
+                         f"{weight_name} {tuple(weight_shape)}")
+    if C_per_group != C // groups:
+        raise ValueError(f"{weight_name} {tuple(weight_shape)} expects "
+                         f"{C_per_group * groups} input channels with groups={groups}, but "
+                         f"{x_name} {tuple(x_shape)} has C={C}")
+    if min(K, R, S) < 1 or min(C, H, W) < 1:
+        raise ValueError(f"{x_name} {tuple(x_shape)} and {weight_name} "
+                         f"{tuple(weight_shape)} must have non-empty C, H, W, K, R, S")
+    stride = positive_pair(stride, "stride")
+    dilation = positive_pair(dilation, "dilation")
+    pads = resolve_padding(padding, (H, W), (R, S), stride, dilation)
+    P = output_size(H, R, stride[0], *pads[0], dilation[0])
+    Q = output_size(W, S, stride[1], *pads[1], dilation[1])
+    if P < 1 or Q < 1:
+        raise ValueError(
+            f"kernel {R}x{S} (dilation {dilation}, extent "
+            f"{effective_kernel(R, dilation[0])}x{effective_kernel(S, dilation[1])}) is "
+            f"larger than the padded input {H + sum(pads[0])}x{W + sum(pads[1])} of "
+            f"{x_name} {tuple(x_shape)} with padding {pads}")
+    return ConvGeometry(N, C, H, W, K, R, S, P, Q, groups, stride, dilation, pads)
+
+
+def check_conv_arrays(x, weight, bias=None):
+    """dtype and ndim checks shared by conv2d and its reference."""
+    x = check_float_array(x, "x")
+    weight = check_float_array(weight, "weight")
+    check_same_dtype(weight, x, "weight", "x")
+    if bias is not None:
+        bias = check_float_array(bias, "bias")
+        check_same_dtype(bias, x, "bias", "x")
+    return x, weight, bias
+
+
+def check_bias(bias, geometry):
+    if bias is not None and bias.shape != (geometry.K,):
+        raise ValueError(f"bias must have shape (K,) = ({geometry.K},) to match weight "
+                         f"{geometry.weight_shape}, got {bias.shape}")
+
+
+def check_grad_output(grad_output, geometry, x):
+    grad_output = check_float_array(grad_output, "grad_output")
+    check_same_dtype(grad_output, x, "grad_output", "x")
+    if grad_output.shape != geometry.output_shape:
+        raise ValueError(f"grad_output must have the output shape {geometry.output_shape} "
+                         f"of x {geometry.input_shape} convolved with weight "
+                         f"{geometry.weight_shape}, got {grad_output.shape}")
+    return grad_output
+
+
+def check_output_mask(output_mask):
+    try:
+        mask = tuple(bool(m) for m in output_mask)
+    except TypeError:
+        raise TypeError(f"output_mask must be three booleans, got {output_mask!r}") from None
+    if len(mask) != 3:
+        raise ValueError(f"output_mask must be three booleans (grad_input, grad_weight, "
+                         f"grad_bias), got {output_mask!r}")
+    return mask
+
+
+def check_method(method):
+    if method not in ("auto", "direct", "im2col"):
+        raise ValueError(f"method must be 'auto', 'direct' or 'im2col', got {method!r}")
+    return method

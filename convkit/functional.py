@@ -1,0 +1,332 @@
+"""Public ops: validate -> coerce -> allocate -> run a compiled kernel.
+
+Every function takes and returns NumPy arrays, never modifies its inputs and
+never returns a view of them. Inputs of any memory layout are accepted and
+copied to C order only when needed.
+"""
+
+import contextlib
+
+import numpy as np
+
+from convkit import _threads
+from convkit._lib import _conv
+from convkit._validation import (
+    check_bias,
+    check_conv_arrays,
+    check_float_array,
+    check_grad_output,
+    check_method,
+    check_ndim,
+    check_output_mask,
+    contiguous,
+    conv_geometry,
+    output_size,
+    positive_pair,
+    resolve_padding,
+)
+
+_MiB = 1 << 20
+_workspace_limit = 256 * _MiB
+
+
+def set_workspace_limit(nbytes):
+    """Cap, in bytes, on the im2col buffers one conv call allocates (default 256 MiB).
+
+    The im2col method works in tiles of images (or of output rows when one
+    image is larger than the cap) so that its buffers stay under the cap.
+    """
+    global _workspace_limit
+    if isinstance(nbytes, bool) or not isinstance(nbytes, (int, np.integer)):
+        raise TypeError(f"nbytes must be an int, got {nbytes!r}")
+    if nbytes < 1:
+        raise ValueError(f"nbytes must be positive, got {nbytes}")
+    _workspace_limit = int(nbytes)
+
+
+def get_workspace_limit():
+    """The im2col workspace cap in bytes."""
+    return _workspace_limit
+
+
+@contextlib.contextmanager
+def workspace_limit(nbytes):
+    """Context manager that sets the im2col workspace cap inside the block."""
+    previous = get_workspace_limit()
+    set_workspace_limit(nbytes)
+    try:
+        yield
+    finally:
+        set_workspace_limit(previous)
+
+
+def _choose_method(g):
+    """The "auto" rule (measured with benchmarks/, see README "Choosing a method").
+
+    im2col + BLAS wins when the GEMM it builds is large: its reduction length
+    C/G*R*S amortises the im2col copy. The direct kernel wins when that
+    length is short (one input channel, depthwise) because it never writes
+    the R*S-times larger column matrix.
+    """
+    if g.is_pointwise:
+        return "im2col"
+    if g.C_per_group * g.R * g.S < 64 or g.K_per_group < 8:
+        return "direct"
+    return "im2col"
+
+
+def _kernel_args(g):
+    (sh, sw), (dh, dw) = g.stride, g.dilation
+    return sh, sw, g.padding[0][0], g.padding[1][0], dh, dw
+
+
+def _tiles(g, itemsize, per_row_extra=0):
+    """Yield ``(n0, n1, p0, p1)`` tiles whose im2col buffers fit the workspace cap.
+
+    ``per_row_extra`` is extra bytes per image output row a caller needs
+    beside the column matrix (a temporary output row tile).
+    """
+    row_bytes = (g.C * g.R * g.S * g.Q) * itemsize + per_row_extra
+    image_bytes = row_bytes * g.P
+    limit = get_workspace_limit()
+    if image_bytes <= limit:
+        images = max(1, min(g.N, limit // max(image_bytes, 1)))
+        for n0 in range(0, g.N, images):
+            yield n0, min(n0 + images, g.N), 0, g.P
+    else:
+        rows = max(1, limit // max(row_bytes, 1))
+        for n0 in range(g.N):
+            for p0 in range(0, g.P, rows):
+                yield n0, n0 + 1, p0, min(p0 + rows, g.P)
+
+
+def _im2col_tile(x, g, n0, n1, p0, p1, buffer, n_threads):
+    """im2col of images [n0, n1) and output rows [p0, p1) into ``buffer``."""
+    cols = buffer[: (n1 - n0) * g.C * g.R * g.S * (p1 - p0) * g.Q]
+    cols = cols.reshape(n1 - n0, g.C * g.R * g.S, (p1 - p0) * g.Q)
+    _conv.im2col(x[n0:n1], cols, g.R, g.S, p0, g.Q, *_kernel_args(g), n_threads)
+    return cols
+
+
+def _forward_im2col(x, weight, g, y, n_threads):
+    G, Kg = g.groups, g.K_per_group
+    w = weight.reshape(G, Kg, -1)
+    y_groups = y.reshape(g.N, G, Kg, g.P * g.Q)
+    with _threads.blas_threads(n_threads):
+        if g.is_pointwise:
+            np.matmul(w, x.reshape(g.N, G, g.C_per_group, g.H * g.W), out=y_groups)
+            return
+        buffer = None
+        for n0, n1, p0, p1 in _tiles(g, x.itemsize, per_row_extra=g.K * g.Q * x.itemsize):
+            if buffer is None:
+                size = (n1 - n0) * g.C * g.R * g.S * (p1 - p0) * g.Q
+                buffer = np.empty(size, dtype=x.dtype)
+            cols = _im2col_tile(x, g, n0, n1, p0, p1, buffer, n_threads)
+            cols = cols.reshape(n1 - n0, G, -1, (p1 - p0) * g.Q)
+            if p0 == 0 and p1 == g.P:
+                np.matmul(w, cols, out=y_groups[n0:n1])
+            else:
+                y[n0:n1, :, p0:p1, :] = np.matmul(w, cols).reshape(n1 - n0, g.K, p1 - p0, g.Q)
+
+
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, method="auto"):
+    """2-D convolution (cross-correlation), with the semantics of PyTorch's ``conv2d``.
+
+    Parameters
+    ----------
+    x : array (N, C, H, W), float32 or float64
+    weight : array (K, C // groups, R, S), same dtype as ``x``
+    bias : array (K,) or None
+    stride, dilation : int or (int, int)
+    padding : int, (ph, pw), ((top, bottom), (left, right)), "valid" or "same"
+        "same" follows Keras: output size ceil(H / stride), any stride,
+        dilation or kernel size; an odd total puts the extra row/column at
+        the bottom/right.
+    groups : int dividing C and K (groups == C is a depthwise convolution)
+    method : "auto", "direct" or "im2col"
+
+    Returns
+    -------
+    y : array (N, K, P, Q) of x's dtype, a new array.
+    """
+    check_method(method)
+    x, weight, bias = check_conv_arrays(x, weight, bias)
+    g = conv_geometry(x.shape, weight.shape, stride, padding, dilation, groups)
+    check_bias(bias, g)
+    y = np.empty(g.output_shape, dtype=x.dtype)
+    if y.size == 0:
+        return y
+    x, weight = contiguous(x), contiguous(weight)
+    n_threads = _threads.threads_for(g.flops // 2)
+    if method == "auto":
+        method = _choose_method(g)
+    if method == "direct":
+        bias_c = np.zeros(g.K, x.dtype) if bias is None else contiguous(bias)
+        _conv.forward_direct(x, weight, bias_c, y, *_kernel_args(g), g.groups, n_threads)
+        return y
+    _forward_im2col(x, weight, g, y, n_threads)
+    if bias is not None:
+        y += bias.reshape(-1, 1, 1)
+    return y
+
+
+def _grad_input_im2col(grad_output, weight, g, n_threads):
+    G, Kg = g.groups, g.K_per_group
+    w_t = weight.reshape(G, Kg, -1).transpose(0, 2, 1)
+    gy = grad_output.reshape(g.N, G, Kg, g.P, g.Q)
+    if g.is_pointwise:
+        grad_input = np.matmul(w_t, gy.reshape(g.N, G, Kg, g.P * g.Q))
+        return grad_input.reshape(g.input_shape)
+    grad_input = np.zeros(g.input_shape, dtype=grad_output.dtype)
+    buffer = None
+    for n0, n1, p0, p1 in _tiles(g, grad_output.itemsize):
+        rows = (p1 - p0) * g.Q
+        if buffer is None:
+            buffer = np.empty((n1 - n0) * g.C * g.R * g.S * rows, dtype=grad_output.dtype)
+        cols = buffer[: (n1 - n0) * g.C * g.R * g.S * rows].reshape(n1 - n0, G, -1, rows)
+        gy_tile = gy[n0:n1, :, :, p0:p1, :].reshape(n1 - n0, G, Kg, rows)
+        np.matmul(w_t, gy_tile, out=cols)
+        _conv.col2im(cols.reshape(n1 - n0, g.C * g.R * g.S, rows), grad_input[n0:n1],
+                     g.R, g.S, p0, g.Q, *_kernel_args(g), n_threads)
+    return grad_input
+
+
+def _grad_weight_im2col(grad_output, x, g, n_threads):
+    G, Kg = g.groups, g.K_per_group
+    gy = grad_output.reshape(g.N, G, Kg, g.P, g.Q)
+    grad_weight = np.zeros((G, Kg, g.C_per_group * g.R * g.S), dtype=x.dtype)
+    product = np.empty_like(grad_weight)
+    if g.is_pointwise:
+        xs = x.reshape(g.N, G, g.C_per_group, g.H * g.W)
+        for n in range(g.N):
+            np.matmul(gy[n].reshape(G, Kg, -1), xs[n].transpose(0, 2, 1), out=product)
+            grad_weight += product
+        return grad_weight.reshape(g.weight_shape)
+    buffer = None
+    for n0, n1, p0, p1 in _tiles(g, x.itemsize):
+        if buffer is None:
+            buffer = np.empty((n1 - n0) * g.C * g.R * g.S * (p1 - p0) * g.Q, dtype=x.dtype)
+        cols = _im2col_tile(x, g, n0, n1, p0, p1, buffer, n_threads)
+        cols = cols.reshape(n1 - n0, G, -1, (p1 - p0) * g.Q)
+        for i in range(n1 - n0):
+            gy_tile = gy[n0 + i, :, :, p0:p1, :].reshape(G, Kg, -1)
+            np.matmul(gy_tile, cols[i].transpose(0, 2, 1), out=product)
+            grad_weight += product
+    return grad_weight.reshape(g.weight_shape)
+
+
+def conv2d_backward(grad_output, x, weight, stride=1, padding=0, dilation=1, groups=1, *,
+                    method="auto", output_mask=(True, True, True)):
+    """Gradients of :func:`conv2d` with respect to x, weight and bias.
+
+    Parameters
+    ----------
+    grad_output : array (N, K, P, Q), the gradient of the loss w.r.t. conv2d's output
+    x : array (N, C, H, W), the forward input
+    weight : array (K, C // groups, R, S)
+    stride, padding, dilation, groups, method : as in :func:`conv2d`
+    output_mask : three bools; which of (grad_input, grad_weight, grad_bias) to compute
+
+    Returns
+    -------
+    (grad_input (N, C, H, W), grad_weight (K, C // groups, R, S), grad_bias (K,)),
+    with None in place of each gradient the mask leaves out. The results are
+    bitwise identical for any thread count.
+    """
+    check_method(method)
+    mask = check_output_mask(output_mask)
+    x, weight, _ = check_conv_arrays(x, weight)
+    g = conv_geometry(x.shape, weight.shape, stride, padding, dilation, groups)
+    grad_output = check_grad_output(grad_output, g, x)
+    grad_output, x, weight = contiguous(grad_output), contiguous(x), contiguous(weight)
+    n_threads = _threads.threads_for(g.flops // 2)
+    if method == "auto":
+        method = _choose_method(g)
+    grad_input = grad_weight = grad_bias = None
+    empty = grad_output.size == 0
+    if mask[0]:
+        if empty:
+            grad_input = np.zeros(g.input_shape, dtype=x.dtype)
+        elif method == "direct":
+            grad_input = np.empty(g.input_shape, dtype=x.dtype)
+            _conv.grad_input_direct(grad_output, weight, grad_input, *_kernel_args(g),
+                                    g.groups, n_threads)
+        else:
+            with _threads.blas_threads(n_threads):
+                grad_input = _grad_input_im2col(grad_output, weight, g, n_threads)
+    if mask[1]:
+        if empty:
+            grad_weight = np.zeros(g.weight_shape, dtype=x.dtype)
+        elif method == "direct":
+            grad_weight = np.empty(g.weight_shape, dtype=x.dtype)
+            scratch = np.empty((n_threads, g.R * g.S * g.Q), dtype=x.dtype)
+            _conv.grad_weight_direct(grad_output, x, grad_weight, scratch, *_kernel_args(g),
+                                     g.groups, n_threads)
+        else:
+            with _threads.blas_threads(n_threads):
+                grad_weight = _grad_weight_im2col(grad_output, x, g, n_threads)
+    if mask[2]:
+        grad_bias = np.zeros(g.K, dtype=x.dtype)
+        if not empty:
+            _conv.grad_bias(grad_output.reshape(g.N, g.K, g.P * g.Q), grad_bias,
+                            _threads.threads_for(grad_output.size))
+    return grad_input, grad_weight, grad_bias
+
+
+def _unfold_geometry(input_shape, kernel_size, stride, padding, dilation):
+    """conv geometry for im2col/col2im: one output channel, no groups."""
+    N, C, H, W = input_shape
+    R, S = positive_pair(kernel_size, "kernel_size")
+    return conv_geometry((N, C, H, W), (1, C, R, S), stride, padding, dilation, 1,
+                         weight_name="kernel")
+
+
+def im2col(x, kernel_size, stride=1, padding=0, dilation=1):
+    """Unfold x (N, C, H, W) into columns (N, C*R*S, P*Q).
+
+    Row ``(c*R + r)*S + s`` holds tap (r, s) of channel c for every output
+    position, zero where the tap falls in the padding.
+    """
+    x = check_float_array(x, "x")
+    check_ndim(x, 4, "x", "(N, C, H, W)")
+    g = _unfold_geometry(x.shape, kernel_size, stride, padding, dilation)
+    cols = np.empty((g.N, g.C * g.R * g.S, g.P * g.Q), dtype=x.dtype)
+    if cols.size:
+        _conv.im2col(contiguous(x), cols, g.R, g.S, 0, g.Q, *_kernel_args(g),
+                     _threads.threads_for(cols.size))
+    return cols
+
+
+def col2im(cols, input_shape, kernel_size, stride=1, padding=0, dilation=1):
+    """Fold columns (N, C*R*S, P*Q) back into (N, C, H, W): the adjoint of im2col.
+
+    Entries that im2col read from the same pixel are summed.
+    """
+    cols = check_float_array(cols, "cols")
+    try:
+        input_shape = tuple(int(v) for v in input_shape)
+    except TypeError:
+        raise TypeError(f"input_shape must be a tuple (N, C, H, W), got {input_shape!r}") from None
+    if len(input_shape) != 4:
+        raise ValueError(f"input_shape must be (N, C, H, W), got {input_shape}")
+    g = _unfold_geometry(input_shape, kernel_size, stride, padding, dilation)
+    expected = (g.N, g.C * g.R * g.S, g.P * g.Q)
+    if cols.shape != expected:
+        raise ValueError(f"cols must have shape {expected} for input_shape {input_shape} "
+                         f"and kernel_size {(g.R, g.S)}, got {cols.shape}")
+    x = np.zeros(input_shape, dtype=cols.dtype)
+    if cols.size:
+        _conv.col2im(contiguous(cols), x, g.R, g.S, 0, g.Q, *_kernel_args(g),
+                     _threads.threads_for(cols.size))
+    return x
+
+
+__all__ = [
+    "conv2d",
+    "conv2d_backward",
+    "im2col",
+    "col2im",
+    "set_workspace_limit",
+    "get_workspace_limit",
+    "workspace_limit",
+]
