@@ -9,7 +9,7 @@ import contextlib
 
 import numpy as np
 
-from convkit import _threads
+from convkit import _limits, _threads
 from convkit._lib import _conv
 from convkit._validation import (
     check_bias,
@@ -100,6 +100,15 @@ def _tiles(g, itemsize, per_row_extra=0):
                 yield n0, n0 + 1, p0, min(p0 + rows, g.P)
 
 
+def _check_sizes(op, g, itemsize, outputs, im2col_workspace=False):
+    """Refuse up front a geometry whose outputs or im2col workspace cannot exist."""
+    buffers = dict(outputs)
+    if im2col_workspace and not g.is_pointwise and g.N:
+        n0, n1, p0, p1 = next(_tiles(g, itemsize))
+        buffers["im2col workspace"] = (n1 - n0, g.C * g.R * g.S, (p1 - p0) * g.Q)
+    _limits.check_sizes(op, itemsize, buffers, _limits.conv_extents(g))
+
+
 def _im2col_tile(x, g, n0, n1, p0, p1, buffer, n_threads):
     """im2col of images [n0, n1) and output rows [p0, p1) into ``buffer``."""
     cols = buffer[: (n1 - n0) * g.C * g.R * g.S * (p1 - p0) * g.Q]
@@ -153,13 +162,14 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, m
     x, weight, bias = check_conv_arrays(x, weight, bias)
     g = conv_geometry(x.shape, weight.shape, stride, padding, dilation, groups)
     check_bias(bias, g)
+    if method == "auto":
+        method = _choose_method(g)
+    _check_sizes("conv2d", g, x.itemsize, {"y": g.output_shape}, method == "im2col")
     y = np.empty(g.output_shape, dtype=x.dtype)
     if y.size == 0:
         return y
     x, weight = contiguous(x), contiguous(weight)
     n_threads = _threads.threads_for(g.flops // 2)
-    if method == "auto":
-        method = _choose_method(g)
     if method == "direct":
         bias_c = np.zeros(g.K, x.dtype) if bias is None else contiguous(bias)
         _conv.forward_direct(x, weight, bias_c, y, *_kernel_args(g), g.groups, n_threads)
@@ -238,10 +248,14 @@ def conv2d_backward(grad_output, x, weight, stride=1, padding=0, dilation=1, gro
     x, weight, _ = check_conv_arrays(x, weight)
     g = conv_geometry(x.shape, weight.shape, stride, padding, dilation, groups)
     grad_output = check_grad_output(grad_output, g, x)
-    grad_output, x, weight = contiguous(grad_output), contiguous(x), contiguous(weight)
-    n_threads = _threads.threads_for(g.flops // 2)
     if method == "auto":
         method = _choose_method(g)
+    outputs = {name: shape for name, shape, wanted in
+               zip(("grad_input", "grad_weight", "grad_bias"),
+                   (g.input_shape, g.weight_shape, (g.K,)), mask) if wanted}
+    _check_sizes("conv2d_backward", g, x.itemsize, outputs, method == "im2col")
+    grad_output, x, weight = contiguous(grad_output), contiguous(x), contiguous(weight)
+    n_threads = _threads.threads_for(g.flops // 2)
     grad_input = grad_weight = grad_bias = None
     empty = grad_output.size == 0
     if mask[0]:
@@ -290,6 +304,7 @@ def im2col(x, kernel_size, stride=1, padding=0, dilation=1):
     x = check_float_array(x, "x")
     check_ndim(x, 4, "x", "(N, C, H, W)")
     g = _unfold_geometry(x.shape, kernel_size, stride, padding, dilation)
+    _check_sizes("im2col", g, x.itemsize, {"cols": (g.N, g.C * g.R * g.S, g.P * g.Q)})
     cols = np.empty((g.N, g.C * g.R * g.S, g.P * g.Q), dtype=x.dtype)
     if cols.size:
         _conv.im2col(contiguous(x), cols, g.R, g.S, 0, g.Q, *_kernel_args(g),
@@ -314,6 +329,7 @@ def col2im(cols, input_shape, kernel_size, stride=1, padding=0, dilation=1):
     if cols.shape != expected:
         raise ValueError(f"cols must have shape {expected} for input_shape {input_shape} "
                          f"and kernel_size {(g.R, g.S)}, got {cols.shape}")
+    _check_sizes("col2im", g, cols.itemsize, {"x": input_shape})
     x = np.zeros(input_shape, dtype=cols.dtype)
     if cols.size:
         _conv.col2im(contiguous(cols), x, g.R, g.S, 0, g.Q, *_kernel_args(g),
