@@ -120,9 +120,9 @@ def check_ndim(array, ndim, name, layout):
 
 def check_same_dtype(array, reference, name, reference_name):
     if array.dtype != reference.dtype:
-        raise TypeError(f"{name} has dtype {array.dtype} but {reference_name} has dtype "
-                        f"{reference.dtype}; convert one of them (convkit never mixes "
-                        f"precisions silently)")
+        raise TypeError(f"{name} {array.shape} has dtype {array.dtype} but {reference_name} "
+                        f"{reference.shape} has dtype {reference.dtype}; convert one of them "
+                        f"(convkit never mixes precisions silently)")
 
 
 def contiguous(array):
@@ -265,3 +265,132 @@ def check_method(method):
     if method not in ("auto", "direct", "im2col"):
         raise ValueError(f"method must be 'auto', 'direct' or 'im2col', got {method!r}")
     return method
+
+
+@dataclass(frozen=True)
+class PoolGeometry:
+    """Every size a 2-D pooling op needs, checked once."""
+
+    N: int
+    C: int
+    H: int
+    W: int
+    R: int
+    S: int
+    P: int
+    Q: int
+    stride: tuple
+    dilation: tuple
+    padding: tuple  # ((top, bottom), (left, right))
+    same: bool  # padding was "same": padded cells never count (Keras)
+
+    @property
+    def input_shape(self):
+        return (self.N, self.C, self.H, self.W)
+
+    @property
+    def output_shape(self):
+        return (self.N, self.C, self.P, self.Q)
+
+    @property
+    def is_global(self):
+        """One window covering the whole unpadded plane (global pooling)."""
+        return (self.P == 1 and self.Q == 1 and (self.R, self.S) == (self.H, self.W)
+                and self.dilation == (1, 1) and self.padding == ((0, 0), (0, 0)))
+
+
+def check_flag(value, name):
+    """Return ``value`` as a bool; only bools are accepted (not 0/1 or None)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+    return bool(value)
+
+
+def check_shape(shape, ndim, name, layout):
+    """Return ``shape`` as a tuple of ``ndim`` non-negative Python ints."""
+    try:
+        items = tuple(shape)
+    except TypeError:
+        raise TypeError(f"{name} must be a tuple {layout}, got {shape!r}") from None
+    if not all(isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
+               for v in items):
+        raise TypeError(f"{name} must be a tuple of ints {layout}, got {shape!r}")
+    if len(items) != ndim:
+        raise ValueError(f"{name} must have {ndim} entries {layout}, got {shape!r}")
+    items = tuple(int(v) for v in items)
+    if min(items) < 0:
+        raise ValueError(f"{name} must not have negative entries, got {items}")
+    return items
+
+
+def _windows_without_input(size, kernel, stride, pad_before, dilation, count):
+    """Windows along one axis whose taps all fall in the padding (dilation > 1 only)."""
+    starts = np.arange(count, dtype=np.int64)[:, None] * stride - pad_before
+    taps = starts + np.arange(kernel, dtype=np.int64) * dilation
+    return np.flatnonzero(~((taps >= 0) & (taps < size)).any(axis=1))
+
+
+def pool_geometry(x_shape, kernel_size, stride, padding, dilation, ceil_mode, x_name="x"):
+    """Check a pooling op's arguments and return its geometry.
+
+    ``x_shape`` is ``(N, C, H, W)``; ``stride=None`` means ``kernel_size``.
+    PyTorch's rules: an explicit padding is at most half the kernel size on
+    every side, and every output size is at least 1. ``"same"`` and
+    ``"valid"`` follow Keras (see :func:`resolve_padding`).
+    """
+    if len(x_shape) != 4:
+        raise ValueError(f"{x_name} must be 4-D (N, C, H, W), got shape {tuple(x_shape)}")
+    N, C, H, W = (int(v) for v in x_shape)
+    if H < 1 or W < 1:
+        raise ValueError(f"{x_name} must have non-empty H and W, got shape {tuple(x_shape)}")
+    kernel = positive_pair(kernel_size, "kernel_size")
+    stride = kernel if stride is None else positive_pair(stride, "stride")
+    dilation = positive_pair(dilation, "dilation")
+    ceil_mode = check_flag(ceil_mode, "ceil_mode")
+    pads = resolve_padding(padding, (H, W), kernel, stride, dilation)
+    same = isinstance(padding, str) and padding.lower() == "same"
+    if not isinstance(padding, str):
+        for axis, side in ((0, "top"), (0, "bottom"), (1, "left"), (1, "right")):
+            pad = pads[axis][0 if side in ("top", "left") else 1]
+            if pad > kernel[axis] // 2:
+                raise ValueError(f"padding must be at most half of kernel_size {kernel} on "
+                                 f"every side, got {side} padding {pad} (padding={padding!r})")
+    P = output_size(H, kernel[0], stride[0], *pads[0], dilation[0], ceil_mode)
+    Q = output_size(W, kernel[1], stride[1], *pads[1], dilation[1], ceil_mode)
+    if P < 1 or Q < 1:
+        raise ValueError(
+            f"kernel_size {kernel} (dilation {dilation}, extent "
+            f"{effective_kernel(kernel[0], dilation[0])}x{effective_kernel(kernel[1], dilation[1])})"
+            f" is larger than the padded input {H + sum(pads[0])}x{W + sum(pads[1])} of "
+            f"{x_name} {tuple(x_shape)} with padding {pads}: the output would be {P}x{Q}")
+    for axis, size, count in ((0, H, P), (1, W, Q)):
+        empty = _windows_without_input(size, kernel[axis], stride[axis], pads[axis][0],
+                                       dilation[axis], count)
+        if empty.size:
+            raise ValueError(
+                f"window {int(empty[0])} along {'H' if axis == 0 else 'W'} of {x_name} "
+                f"{tuple(x_shape)} has all its taps in the padding {pads[axis]} (kernel_size "
+                f"{kernel}, stride {stride}, dilation {dilation}); it would have no input "
+                f"to pool")
+    return PoolGeometry(N, C, H, W, kernel[0], kernel[1], P, Q, stride, dilation, pads, same)
+
+
+def pool_window_counts(g, count_include_pad):
+    """Divisors of average pooling as a row factor (P,) and a column factor (Q,).
+
+    A window's divisor is the product of its row and column counts: cells
+    inside the padded input when ``count_include_pad`` (PyTorch: a ceil_mode
+    window that runs past the padding is cut at its end), else cells inside
+    the input. ``"same"`` padding always counts input cells only.
+    """
+    include = count_include_pad and not g.same
+    factors = []
+    for axis, size, count in ((0, g.H, g.P), (1, g.W, g.Q)):
+        kernel, stride = (g.R, g.S)[axis], g.stride[axis]
+        before, after = g.padding[axis]
+        start = np.arange(count, dtype=np.int64) * stride - before
+        end = np.minimum(start + kernel, size + after)
+        if not include:
+            start, end = np.maximum(start, 0), np.minimum(end, size)
+        factors.append(end - start)
+    return factors[0], factors[1]
