@@ -251,14 +251,18 @@ def check_grad_output(grad_output, geometry, x):
 
 
 def check_output_mask(output_mask):
+    if isinstance(output_mask, (str, bytes)):
+        raise TypeError(f"output_mask must be three booleans, got {output_mask!r}")
     try:
-        mask = tuple(bool(m) for m in output_mask)
+        mask = tuple(output_mask)
     except TypeError:
         raise TypeError(f"output_mask must be three booleans, got {output_mask!r}") from None
     if len(mask) != 3:
         raise ValueError(f"output_mask must be three booleans (grad_input, grad_weight, "
                          f"grad_bias), got {output_mask!r}")
-    return mask
+    if not all(isinstance(m, (bool, np.bool_, numbers.Integral)) for m in mask):
+        raise TypeError(f"output_mask must be three booleans, got {output_mask!r}")
+    return tuple(bool(m) for m in mask)
 
 
 def check_method(method):

@@ -171,6 +171,11 @@ BACKWARD_ERRORS = [
      ["output_mask", "None"]),
     ("output_mask_bool", _backward_call(output_mask=True), TypeError,
      ["output_mask", "True"]),
+    ("output_mask_string", _backward_call(output_mask="yes"), TypeError,
+     ["output_mask", "'yes'"]),
+    ("output_mask_array_entry",
+     _backward_call(output_mask=(np.array([True, False]), True, True)), TypeError,
+     ["output_mask"]),
 ]
 
 
