@@ -1,0 +1,249 @@
+"""conv2d and conv2d_backward (direct, im2col, auto) against convkit.reference."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+import convkit
+from convkit import reference
+from _helpers import assert_close, check_unmodified, layouts
+
+METHODS = ["direct", "im2col", "auto"]
+DTYPES = [pytest.param(np.float32, id="float32"), pytest.param(np.float64, id="float64")]
+
+# id -> (x shape (N, C, H, W), weight shape (K, C // groups, R, S), bias?, conv kwargs)
+CASES = {
+    "nonsquare_3x5_kernel": ((2, 3, 7, 9), (4, 3, 3, 5), True, {}),
+    "1x1_pointwise": ((2, 4, 5, 6), (6, 4, 1, 1), False, {}),
+    "1x1_pointwise_groups2": ((2, 4, 5, 3), (6, 2, 1, 1), True, dict(groups=2)),
+    "1x1_stride2_pad1": ((2, 4, 5, 6), (3, 4, 1, 1), True, dict(stride=2, padding=1)),
+    "7x7_pad3": ((1, 2, 9, 10), (3, 2, 7, 7), True, dict(padding=3)),
+    "stride_3_not_dividing": ((2, 3, 8, 11), (4, 3, 3, 3), False, dict(stride=3)),
+    "stride_2x3_pad1": ((2, 2, 9, 10), (3, 2, 2, 3), True, dict(stride=(2, 3), padding=1)),
+    "asymmetric_padding": ((2, 3, 6, 7), (4, 3, 3, 2), True,
+                           dict(stride=2, padding=((1, 2), (0, 3)))),
+    "asymmetric_padding_pair": ((1, 2, 5, 4), (2, 2, 3, 3), False, dict(padding=(2, 0))),
+    "same_even_kernel_stride2": ((2, 3, 7, 8), (4, 3, 4, 2), False,
+                                 dict(stride=2, padding="same")),
+    "same_even_kernel_stride1": ((1, 2, 6, 5), (3, 2, 2, 4), True, dict(padding="same")),
+    "same_stride3_dilation2": ((1, 2, 10, 9), (2, 2, 3, 2), True,
+                               dict(stride=3, dilation=2, padding="same")),
+    "dilation2": ((2, 3, 9, 8), (4, 3, 3, 2), False, dict(dilation=2, padding=1)),
+    "dilation_2x1_stride_1x2": ((1, 2, 10, 9), (2, 2, 2, 3), True,
+                                dict(dilation=(2, 1), stride=(1, 2), padding=(2, 1))),
+    "groups2": ((2, 4, 6, 7), (6, 2, 3, 3), True, dict(groups=2, padding=1)),
+    "groups2_same_dilation2_stride2": ((2, 4, 9, 7), (4, 2, 2, 3), False,
+                                       dict(groups=2, dilation=2, stride=2, padding="same")),
+    "depthwise": ((2, 5, 6, 7), (5, 1, 3, 3), True, dict(groups=5, padding=1)),
+    "depthwise_multiplier2_stride2": ((1, 3, 6, 5), (6, 1, 3, 3), False,
+                                      dict(groups=3, stride=2)),
+    "N1_C1": ((1, 1, 8, 9), (4, 1, 5, 3), True, {}),
+    "C1_K1_valid": ((2, 1, 5, 5), (1, 1, 2, 2), False, dict(padding="valid")),
+    "kernel_fills_input": ((1, 2, 4, 5), (3, 2, 4, 5), True, {}),
+    "wide_reduction_auto_im2col": ((2, 16, 6, 6), (16, 16, 3, 3), True, dict(padding=1)),
+}
+CASE_IDS = list(CASES)
+
+
+def make_inputs(case, dtype, seed=0):
+    """x, weight, bias (or None), grad_output and kwargs of a named case."""
+    x_shape, w_shape, has_bias, kwargs = CASES[case]
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(x_shape).astype(dtype)
+    weight = rng.standard_normal(w_shape).astype(dtype)
+    bias = rng.standard_normal(w_shape[0]).astype(dtype) if has_bias else None
+    y_shape = reference.conv2d(x, weight, **kwargs).shape
+    grad_output = rng.standard_normal(y_shape).astype(dtype)
+    return x, weight, bias, grad_output, kwargs
+
+
+def test_grid_exercises_both_auto_branches():
+    """The grid must reach both kernels through method="auto"."""
+    from convkit._validation import conv_geometry
+    from convkit.functional import _choose_method
+
+    chosen = set()
+    for x_shape, w_shape, _, kwargs in CASES.values():
+        g = conv_geometry(x_shape, w_shape, kwargs.get("stride", 1), kwargs.get("padding", 0),
+                          kwargs.get("dilation", 1), kwargs.get("groups", 1))
+        chosen.add((_choose_method(g), g.is_pointwise))
+    assert {("direct", False), ("im2col", False), ("im2col", True)} <= chosen
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("case", CASE_IDS)
+def test_forward_matches_reference(case, method, dtype):
+    x, weight, bias, _, kwargs = make_inputs(case, dtype)
+    y = convkit.conv2d(x, weight, bias, method=method, **kwargs)
+    expected = reference.conv2d(x, weight, bias, **kwargs)
+    assert y.shape == expected.shape
+    assert y.dtype == dtype
+    assert_close(y, expected, err_msg=case)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("case", CASE_IDS)
+def test_backward_matches_reference(case, method, dtype):
+    x, weight, _, grad_output, kwargs = make_inputs(case, dtype)
+    grads = convkit.conv2d_backward(grad_output, x, weight, method=method, **kwargs)
+    expected = reference.conv2d_backward(grad_output, x, weight, **kwargs)
+    assert len(grads) == 3
+    for name, actual, wanted, shape in zip(("grad_input", "grad_weight", "grad_bias"),
+                                           grads, expected,
+                                           (x.shape, weight.shape, (weight.shape[0],))):
+        assert actual.shape == shape, name
+        assert actual.dtype == dtype, name
+        assert_close(actual, wanted, kind="grad", err_msg=f"{case} {name}")
+
+
+MASKS = list(itertools.product([True, False], repeat=3))
+
+
+@pytest.mark.parametrize("method", ["direct", "im2col"])
+@pytest.mark.parametrize("mask", MASKS, ids=["".join("TF"[not m] for m in mask)
+                                             for mask in MASKS])
+def test_backward_output_mask(mask, method):
+    """Masked-out gradients are None; the others equal the full computation bitwise."""
+    x, weight, _, grad_output, kwargs = make_inputs("groups2_same_dilation2_stride2",
+                                                    np.float64)
+    full = convkit.conv2d_backward(grad_output, x, weight, method=method, **kwargs)
+    masked = convkit.conv2d_backward(grad_output, x, weight, method=method,
+                                     output_mask=mask, **kwargs)
+    for wanted, actual, full_grad in zip(mask, masked, full):
+        if wanted:
+            np.testing.assert_array_equal(actual, full_grad)
+        else:
+            assert actual is None
+
+
+LAYOUT_NAMES = [name for name, _ in layouts(np.zeros((1, 1)))]
+
+
+def _no_shared_memory(outputs, inputs):
+    for out_name, out in outputs.items():
+        assert out.flags.writeable, out_name
+        for in_name, array in inputs.items():
+            assert not np.shares_memory(out, array), f"{out_name} shares memory with {in_name}"
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("layout", LAYOUT_NAMES)
+@pytest.mark.parametrize("case", ["asymmetric_padding", "groups2", "1x1_pointwise_groups2"])
+def test_forward_any_layout_unmodified_and_unshared(case, layout, method):
+    x, weight, bias, _, kwargs = make_inputs(case, np.float32)
+    bias = np.arange(weight.shape[0], dtype=np.float32) if bias is None else bias
+    inputs = {name: dict(layouts(array))[layout]
+              for name, array in (("x", x), ("weight", weight), ("bias", bias))}
+    copies = {name: array.copy() for name, array in inputs.items()}
+    y = convkit.conv2d(inputs["x"], inputs["weight"], inputs["bias"], method=method, **kwargs)
+    check_unmodified(inputs, copies)
+    _no_shared_memory({"y": y}, inputs)
+    assert_close(y, reference.conv2d(x, weight, bias, **kwargs))
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("layout", LAYOUT_NAMES)
+@pytest.mark.parametrize("case", ["asymmetric_padding", "groups2", "1x1_pointwise_groups2"])
+def test_backward_any_layout_unmodified_and_unshared(case, layout, method):
+    x, weight, _, grad_output, kwargs = make_inputs(case, np.float32)
+    inputs = {name: dict(layouts(array))[layout]
+              for name, array in (("grad_output", grad_output), ("x", x), ("weight", weight))}
+    copies = {name: array.copy() for name, array in inputs.items()}
+    grads = convkit.conv2d_backward(inputs["grad_output"], inputs["x"], inputs["weight"],
+                                    method=method, **kwargs)
+    check_unmodified(inputs, copies)
+    _no_shared_memory(dict(zip(("grad_input", "grad_weight", "grad_bias"), grads)), inputs)
+    expected = reference.conv2d_backward(grad_output, x, weight, **kwargs)
+    for actual, wanted in zip(grads, expected):
+        assert_close(actual, wanted, kind="grad")
+
+
+def _tf_same_padding(size, kernel, stride, dilation):
+    """Keras/TensorFlow "same", written out independently of convkit._validation."""
+    out = math.ceil(size / stride)
+    extent = dilation * (kernel - 1) + 1
+    total = max((out - 1) * stride + extent - size, 0)
+    return total // 2, total - total // 2
+
+
+SAME_CASES = [  # (H, W), (R, S), stride, dilation
+    ((5, 6), (2, 2), 1, 1),
+    ((6, 5), (4, 3), 2, 1),
+    ((5, 7), (4, 4), 2, 1),
+    ((7, 6), (3, 2), 2, 2),
+    ((9, 8), (2, 5), 3, (2, 1)),
+    ((4, 4), (1, 1), 2, 1),
+    ((3, 4), (5, 6), 1, 1),  # kernel larger than the input
+    ((8, 8), (3, 3), 4, 3),
+]
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("hw, kernel, stride, dilation", SAME_CASES,
+                         ids=[f"{h}x{w}_k{r}x{s}_s{st}_d{d}".replace(" ", "")
+                              for (h, w), (r, s), st, d in SAME_CASES])
+def test_same_padding_is_keras_padding(hw, kernel, stride, dilation, method):
+    """ "same" = ceil(H / stride) outputs, extra padding at the bottom/right."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 2) + hw)
+    weight = rng.standard_normal((3, 2) + kernel)
+    stride2, dilation2 = np.broadcast_to(stride, 2), np.broadcast_to(dilation, 2)
+    pads = [_tf_same_padding(hw[i], kernel[i], int(stride2[i]), int(dilation2[i]))
+            for i in range(2)]
+    y = convkit.conv2d(x, weight, stride=stride, dilation=dilation, padding="same",
+                       method=method)
+    assert y.shape == (2, 3, math.ceil(hw[0] / stride2[0]), math.ceil(hw[1] / stride2[1]))
+    # Explicit zero padding of the input followed by a "valid" convolution.
+    padded = np.pad(x, ((0, 0), (0, 0), pads[0], pads[1]))
+    expected = reference.conv2d(padded, weight, stride=stride, dilation=dilation)
+    assert_close(y, expected)
+    assert_close(reference.conv2d(x, weight, stride=stride, dilation=dilation,
+                                  padding="same"), expected)
+
+
+@pytest.mark.parametrize("method", ["direct", "im2col"])
+def test_padding_spellings_agree(method):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((1, 2, 5, 6))
+    weight = rng.standard_normal((2, 2, 3, 3))
+
+    def conv(**kwargs):
+        return convkit.conv2d(x, weight, method=method, **kwargs)
+
+    np.testing.assert_array_equal(conv(padding=1), conv(padding=(1, 1)))
+    np.testing.assert_array_equal(conv(padding=(2, 1)), conv(padding=((2, 2), (1, 1))))
+    np.testing.assert_array_equal(conv(padding="valid"), conv(padding=0))
+    np.testing.assert_array_equal(conv(padding="SAME"), conv(padding=((1, 1), (1, 1))))
+    np.testing.assert_array_equal(conv(stride=2, dilation=1), conv(stride=(2, 2),
+                                                                   dilation=(1, 1)))
+    np.testing.assert_array_equal(conv(padding=(np.int64(1), np.int32(1))), conv(padding=1))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_bias_is_added_per_output_channel(method):
+    x, weight, _, _, kwargs = make_inputs("groups2", np.float64)
+    bias = np.array([1.0, -2.0, 3.5, 0.0, 10.0, -7.25])
+    with_bias = convkit.conv2d(x, weight, bias, method=method, **kwargs)
+    without = convkit.conv2d(x, weight, method=method, **kwargs)
+    assert_close(with_bias - without, np.broadcast_to(bias[None, :, None, None], without.shape))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_hand_computed_values(method):
+    """A result small enough to check by hand, independent of the reference."""
+    x = np.arange(1.0, 10.0).reshape(1, 1, 3, 3)   # [[1,2,3],[4,5,6],[7,8,9]]
+    weight = np.array([[[[1.0, 0.0], [0.0, -1.0]]]])  # x[i, j] - x[i+1, j+1]
+    y = convkit.conv2d(x, weight, np.array([0.5]), method=method)
+    np.testing.assert_array_equal(y, [[[[-3.5, -3.5], [-3.5, -3.5]]]])
+    y = convkit.conv2d(x, weight, padding=((0, 1), (1, 0)), stride=(1, 2), method=method)
+    # padded rows: [0,1,2,3],[0,4,5,6],[0,7,8,9],[0,0,0,0]; windows at columns 0 and 2
+    np.testing.assert_array_equal(y, [[[[-4.0, -4.0], [-7.0, -4.0], [0.0, 8.0]]]])
+    grad_input, grad_weight, grad_bias = convkit.conv2d_backward(
+        np.ones((1, 1, 2, 2)), x, weight, method=method)
+    np.testing.assert_array_equal(grad_input[0, 0], [[1, 1, 0], [1, 0, -1], [0, -1, -1]])
+    np.testing.assert_array_equal(grad_weight[0, 0], [[12, 16], [24, 28]])
+    np.testing.assert_array_equal(grad_bias, [4.0])
