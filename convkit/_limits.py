@@ -61,8 +61,8 @@ def check_sizes(op, itemsize, buffers, extents):
 def conv_extents(g):
     """Index-arithmetic sizes of a :class:`~convkit._validation.ConvGeometry`."""
     return {
-        "padded height": g.H + sum(g.padding[0]),
-        "padded width": g.W + sum(g.padding[1]),
+        "height + padding": g.H + sum(g.padding[0]),
+        "width + padding": g.W + sum(g.padding[1]),
         "stride": max(g.stride),
         "dilation": max(g.dilation),
     }

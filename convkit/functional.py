@@ -6,6 +6,7 @@ copied to C order only when needed.
 """
 
 import contextlib
+import numbers
 
 import numpy as np
 
@@ -319,9 +320,13 @@ def col2im(cols, input_shape, kernel_size, stride=1, padding=0, dilation=1):
     """
     cols = check_float_array(cols, "cols")
     try:
-        input_shape = tuple(int(v) for v in input_shape)
+        items = tuple(input_shape)
     except TypeError:
         raise TypeError(f"input_shape must be a tuple (N, C, H, W), got {input_shape!r}") from None
+    if not all(isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
+               for v in items):
+        raise TypeError(f"input_shape must be a tuple of ints (N, C, H, W), got {input_shape!r}")
+    input_shape = tuple(int(v) for v in items)
     if len(input_shape) != 4:
         raise ValueError(f"input_shape must be (N, C, H, W), got {input_shape}")
     g = _unfold_geometry(input_shape, kernel_size, stride, padding, dilation)

@@ -1,0 +1,216 @@
+"""Hypothesis-generated invalid arguments: each raises ValueError or TypeError naming it.
+
+The property tests run in a child pytest process started by
+``test_invalid_arguments_in_subprocess``, so that a crash of the interpreter
+(a segfault in a kernel fed a bad size) fails that test instead of killing
+the whole run. Each property starts from a valid call and breaks exactly one
+argument.
+"""
+
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import convkit
+
+CHILD_ENV = "CONVKIT_INVALID_ARGS_CHILD"
+IN_CHILD = os.environ.get(CHILD_ENV) == "1"
+child_only = pytest.mark.skipif(not IN_CHILD, reason="runs in the child process of "
+                                "test_invalid_arguments_in_subprocess")
+
+HUGE = st.integers(min_value=2**63, max_value=2**80)
+NOT_A_NUMBER = st.one_of(
+    st.floats(), st.text(max_size=3), st.none(), st.booleans(), st.complex_numbers(),
+    st.just(np.float64(2.0)), st.just(np.bool_(True)), st.just({}), st.just(object()))
+BAD_DTYPES = st.sampled_from([np.int8, np.int64, np.uint8, np.float16, np.complex128,
+                              np.bool_, object, "U1"])
+
+
+def bad_positive_pairs():
+    """Invalid stride, dilation or kernel_size: not >= 1, beyond int64, not an int pair."""
+    bad = st.one_of(st.integers(max_value=0), HUGE)
+    one = st.integers(1, 2)
+    wrong_length = st.lists(one, max_size=4).filter(lambda v: len(v) != 2).map(tuple)
+    return st.one_of(bad, st.tuples(bad, one), st.tuples(one, bad), NOT_A_NUMBER,
+                     st.tuples(one, NOT_A_NUMBER), wrong_length)
+
+
+def bad_paddings():
+    """Invalid padding: negative, so large the padded size overflows int64, or malformed."""
+    bad = st.one_of(st.integers(max_value=-1), st.integers(min_value=2**62, max_value=2**80))
+    ok = st.integers(0, 1)
+    return st.one_of(
+        bad, st.tuples(bad, ok), st.tuples(ok, bad),
+        st.tuples(st.tuples(ok, bad), st.tuples(ok, ok)),
+        st.tuples(st.tuples(ok, ok), st.tuples(bad, ok)),
+        st.tuples(st.tuples(ok, ok, ok), st.tuples(ok, ok)),
+        st.lists(ok, max_size=4).filter(lambda v: len(v) != 2).map(tuple),
+        st.text(max_size=6).filter(lambda s: s.lower() not in ("same", "valid")),
+        NOT_A_NUMBER.filter(lambda v: not isinstance(v, str)),
+    )
+
+
+def bad_arrays(valid, name):
+    """(value, names) pairs: ``valid`` broken in dtype, ndim, size or type."""
+    return st.one_of(
+        BAD_DTYPES.map(lambda dtype: valid.astype(dtype)),
+        st.sampled_from([valid.reshape(valid.shape[:-1] + (1, -1)), valid.reshape(-1),
+                         valid.reshape(valid.shape[0], -1), valid[(0,) * valid.ndim]]),
+        st.sampled_from([None, "array", {name: 1}]),
+        st.just(valid.astype(np.float32 if valid.dtype == np.float64 else np.float64)),
+    )
+
+
+def window_arguments(extra_names=()):
+    """(argument, invalid value) for stride, padding and dilation (plus ``extra_names``)."""
+    strategies = [st.tuples(st.just("stride"), bad_positive_pairs()),
+                  st.tuples(st.just("dilation"), bad_positive_pairs()),
+                  st.tuples(st.just("padding"), bad_paddings())]
+    strategies += [st.tuples(st.just(name), bad_positive_pairs()) for name in extra_names]
+    return st.one_of(strategies)
+
+
+def check_rejected(function, args, kwargs, names):
+    """``function(*args, **kwargs)`` raises ValueError/TypeError whose message names a culprit."""
+    with pytest.raises((ValueError, TypeError)) as info:
+        function(*args, **kwargs)
+    message = str(info.value)
+    assert any(name in message for name in names), (
+        f"{type(info.value).__name__}({message!r}) names none of {names}")
+
+
+RNG = np.random.default_rng(0)
+X = RNG.standard_normal((2, 4, 6, 6))
+WEIGHT = RNG.standard_normal((4, 2, 3, 3))
+BIAS = RNG.standard_normal(4)
+CONV = {"stride": 1, "padding": 1, "dilation": 1, "groups": 2}
+Y_SHAPE = (2, 4, 6, 6)
+
+
+def conv_corruptions():
+    """(argument, invalid value, names one of which the error must mention)."""
+    methods = st.one_of(st.text(max_size=8).filter(lambda s: s not in ("auto", "direct", "im2col")),
+                        st.none(), st.integers())
+    wrong_groups = st.one_of(st.integers(-3, 8).filter(lambda g: g != 2), HUGE)
+    return st.one_of(
+        window_arguments().map(lambda item: (*item, (item[0], "kernel", "64-bit"))),
+        st.tuples(st.just("groups"), wrong_groups, st.just(("groups", "weight", "64-bit"))),
+        st.tuples(st.just("groups"), NOT_A_NUMBER, st.just(("groups",))),
+        st.tuples(st.just("method"), methods, st.just(("method",))),
+        st.tuples(st.just("x"), bad_arrays(X, "x"), st.just(("x", "weight"))),
+        st.tuples(st.just("weight"), bad_arrays(WEIGHT, "weight"), st.just(("x", "weight"))),
+        st.tuples(st.just("weight"),
+                  st.sampled_from([np.zeros((4, 3, 3, 3)), np.zeros((3, 2, 3, 3)),
+                                   np.zeros((0, 2, 3, 3)), np.zeros((4, 2, 9, 3)),
+                                   np.zeros((4, 2, 3, 9))]),
+                  st.just(("weight", "kernel"))),
+        st.tuples(st.just("x"), st.sampled_from([np.zeros((2, 0, 6, 6)), np.zeros((2, 4, 0, 6)),
+                                                 np.zeros((2, 6, 6, 6))]),
+                  st.just(("x",))),
+    )
+
+
+@child_only
+@given(conv_corruptions(), st.booleans())
+def test_conv2d_rejects(corruption, with_bias):
+    name, value, names = corruption
+    kwargs = {"x": X, "weight": WEIGHT, "bias": BIAS if with_bias else None, **CONV,
+              "method": "auto", name: value}
+    check_rejected(convkit.conv2d, (), kwargs, names)
+
+
+@child_only
+@given(st.one_of(st.sampled_from([np.zeros((4, 1)), np.zeros(5),
+                                  np.zeros(4, np.float32), np.zeros(4, np.int64), "bias"])))
+def test_conv2d_rejects_bias(bias):
+    check_rejected(convkit.conv2d, (X, WEIGHT, bias), CONV, ("bias",))
+
+
+def backward_corruptions():
+    masks = st.one_of(st.integers(), st.none(),
+                      st.lists(st.booleans(), max_size=5).filter(lambda v: len(v) != 3))
+    return st.one_of(
+        conv_corruptions(),
+        st.tuples(st.just("output_mask"), masks, st.just(("output_mask",))),
+        st.tuples(st.just("grad_output"), bad_arrays(np.zeros(Y_SHAPE), "grad_output"),
+                  st.just(("grad_output", "x"))),
+        st.tuples(st.just("grad_output"),
+                  st.sampled_from([np.zeros((2, 4, 6, 5)), np.zeros((1, 4, 6, 6)),
+                                   np.zeros((2, 2, 6, 6))]),
+                  st.just(("grad_output",))),
+    )
+
+
+@child_only
+@given(backward_corruptions())
+def test_conv2d_backward_rejects(corruption):
+    name, value, names = corruption
+    kwargs = {"grad_output": np.zeros(Y_SHAPE), "x": X, "weight": WEIGHT, **CONV,
+              "method": "auto", name: value}
+    if name in ("stride", "padding", "dilation", "groups"):
+        # Otherwise the valid grad_output no longer matches the broken geometry,
+        # which is reported first: still an error, naming grad_output.
+        names = names + ("grad_output",)
+    check_rejected(convkit.conv2d_backward, (), kwargs, names)
+
+
+@child_only
+@given(st.one_of(
+    window_arguments(("kernel_size",)).map(lambda item: (*item, (item[0], "kernel", "64-bit"))),
+    st.tuples(st.just("x"), bad_arrays(X, "x").filter(lambda v: not (
+        isinstance(v, np.ndarray) and v.dtype == np.float32 and v.ndim == 4)), st.just(("x",))),
+    st.tuples(st.just("kernel_size"), st.sampled_from([9, (9, 1), (1, 9)]), st.just(("kernel",))),
+))
+def test_im2col_rejects(corruption):
+    name, value, names = corruption
+    kwargs = {"x": X, "kernel_size": 3, "stride": 1, "padding": 1, "dilation": 1, name: value}
+    check_rejected(convkit.im2col, (), kwargs, names)
+
+
+COLS = np.zeros((2, 4 * 9, 36))
+
+
+@child_only
+@given(st.one_of(
+    window_arguments(("kernel_size",)).map(
+        lambda item: (*item, (item[0], "kernel", "64-bit", "cols"))),
+    st.tuples(st.just("cols"), bad_arrays(COLS, "cols").filter(
+        lambda v: not (isinstance(v, np.ndarray) and v.dtype == np.float32 and v.ndim == 3)),
+        st.just(("cols",))),
+    st.tuples(st.just("input_shape"),
+              st.one_of(
+                  st.lists(st.integers(1, 6), max_size=6).filter(lambda v: len(v) != 4).map(tuple),
+                  st.sampled_from([(2, 4, 6, 7), (2, 4, 5, 6), (1, 4, 6, 6), (2, 3, 6, 6),
+                                   (-2, 4, 6, 6), (2, 4, 6.5, 6), (2.5, 4, 6, 6), (2, "4", 6, 6),
+                                   (2, 4, None, 6), (True, 4, 6, 6), 4, None, "NCHW"])),
+              st.just(("input_shape", "cols"))),
+))
+def test_col2im_rejects(corruption):
+    name, value, names = corruption
+    kwargs = {"cols": COLS, "input_shape": (2, 4, 6, 6), "kernel_size": 3, "stride": 1,
+              "padding": 1, "dilation": 1, name: value}
+    check_rejected(convkit.col2im, (), kwargs, names)
+
+
+CHILD_TESTS = [name for name in list(globals()) if name.startswith("test_") and "rejects" in name]
+
+
+@pytest.mark.skipif(IN_CHILD, reason="the parent test itself")
+def test_invalid_arguments_in_subprocess(request):
+    command = [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider",
+               "-k", "rejects"]
+    profile = request.config.getoption("hypothesis_profile", None)
+    if profile:
+        command.append(f"--hypothesis-profile={profile}")
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900,
+                            env={**os.environ, CHILD_ENV: "1"})
+    output = result.stdout[-8000:] + result.stderr[-4000:]
+    assert result.returncode == 0, f"child pytest exited with {result.returncode}:\n{output}"
+    passed = re.search(r"(\d+) passed", result.stdout)
+    assert passed and int(passed.group(1)) == len(CHILD_TESTS), output
