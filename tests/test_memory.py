@@ -1,0 +1,171 @@
+"""Memory: no leaks over 10,000 calls, im2col workspace within its cap, huge sizes refused."""
+
+import json
+import subprocess
+import sys
+import textwrap
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import convkit
+from convkit import _limits
+
+CALLS = 10_000
+# A leak of >= ~100 bytes per call (one small array, one memoryview) grows
+# RSS by >= 1 MiB over 10,000 calls; allocator noise measured ~0.1 MiB.
+RSS_BOUND = 1 << 20
+
+RSS_SCRIPT = textwrap.dedent("""
+    import json, os, sys
+    import numpy as np
+    import convkit
+
+    def rss():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 8, 8))
+    weight = rng.standard_normal((4, 3, 3, 3))
+    bias = rng.standard_normal(4)
+    grad_y = rng.standard_normal((2, 4, 8, 8))
+    cols = convkit.im2col(x, 3, padding=1)
+    kernels = {
+        "conv2d direct": lambda: convkit.conv2d(x, weight, bias, padding=1, method="direct"),
+        "conv2d im2col": lambda: convkit.conv2d(x, weight, bias, padding=1, method="im2col"),
+        "conv2d_backward direct": lambda: convkit.conv2d_backward(
+            grad_y, x, weight, padding=1, method="direct"),
+        "conv2d_backward im2col": lambda: convkit.conv2d_backward(
+            grad_y, x, weight, padding=1, method="im2col"),
+        "im2col": lambda: convkit.im2col(x, 3, padding=1),
+        "col2im": lambda: convkit.col2im(cols, x.shape, 3, padding=1),
+    }
+    calls = int(sys.argv[1])
+    result = {}
+    for name, call in kernels.items():
+        for _ in range(1000):
+            call()
+        before = rss()
+        for _ in range(calls):
+            call()
+        result[name] = [before, rss()]
+    print(json.dumps(result))
+""")
+
+
+@pytest.fixture(scope="module")
+def rss_growth():
+    """{kernel: (rss before, rss after)} of 10,000 calls, measured in a fresh interpreter."""
+    result = subprocess.run([sys.executable, "-c", RSS_SCRIPT, str(CALLS)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+@pytest.mark.parametrize("kernel", ["conv2d direct", "conv2d im2col", "conv2d_backward direct",
+                                    "conv2d_backward im2col", "im2col", "col2im"])
+def test_rss_flat_over_10000_calls(rss_growth, kernel):
+    before, after = rss_growth[kernel]
+    assert after - before <= RSS_BOUND, (
+        f"{kernel}: RSS grew by {(after - before) / 1024:.0f} KiB over {CALLS} calls "
+        f"(from {before / (1 << 20):.1f} MiB)")
+
+
+CAP = 64 * 1024
+# Python objects of one call (array headers, the tile generator): a constant,
+# whatever the batch size.
+OVERHEAD = 8 * 1024
+
+
+def _peak_bytes(call):
+    """(result, peak bytes traced during ``call`` above what was allocated before it)."""
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        before = tracemalloc.get_traced_memory()[0]
+        result = call()
+        return result, tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+
+
+def _nbytes(arrays):
+    return sum(array.nbytes for array in arrays if array is not None)
+
+
+# (C, H): a tile of whole images, and a tile of output rows of one image.
+@pytest.mark.parametrize("C,H", [(4, 8), (4, 16)])
+@pytest.mark.parametrize("N", [1, 8, 32])
+@pytest.mark.parametrize("output_mask", [(True, False, False), (False, True, True), None])
+def test_im2col_workspace_within_cap(N, C, H, output_mask):
+    rng = np.random.default_rng(N)
+    x = rng.standard_normal((N, C, H, H))
+    weight = rng.standard_normal((8, C, 3, 3))
+    grad_y = rng.standard_normal((N, 8, H, H))
+    whole_batch_columns = x.size * 9 * x.itemsize
+    if N == 32:
+        assert whole_batch_columns > 8 * CAP, "the cap must bind for the test to mean anything"
+    if output_mask is None:
+        def call():
+            return (convkit.conv2d(x, weight, padding=1, method="im2col"),)
+        temporaries = 0
+    else:
+        def call():
+            return convkit.conv2d_backward(grad_y, x, weight, padding=1, method="im2col",
+                                           output_mask=output_mask)
+        # grad_weight sums per-image products: one weight-sized temporary.
+        temporaries = weight.nbytes if output_mask[1] else 0
+    # One thread: the bound does not depend on it, and idle OpenMP/BLAS teams
+    # spinning on a busy machine would only slow the test down.
+    with convkit.workspace_limit(CAP), convkit.num_threads(1):
+        call()  # first calls create lasting caches (the BLAS controller)
+        outputs, peak = _peak_bytes(call)
+    assert peak <= CAP + _nbytes(outputs) + temporaries + OVERHEAD, (
+        f"peak {peak} bytes: cap {CAP}, outputs {_nbytes(outputs)}, "
+        f"whole-batch columns {whole_batch_columns}")
+
+
+X = np.ones((1, 1, 3, 3))
+WEIGHT = np.ones((1, 1, 3, 3))
+
+
+@pytest.mark.parametrize("call", [
+    lambda: convkit.conv2d(X, WEIGHT, stride=2**64),
+    lambda: convkit.conv2d(X, WEIGHT[:, :, :1, :1], dilation=(1, 2**63)),
+    lambda: convkit.conv2d(X, WEIGHT, padding=2**62),
+    lambda: convkit.conv2d(X, WEIGHT, padding=2**31),
+    lambda: convkit.conv2d_backward(np.ones((1, 1, 1, 1)), X, WEIGHT, stride=(2**63, 1)),
+    lambda: convkit.im2col(X, 1, padding=((0, 0), (2**62, 2**62))),
+], ids=["stride", "dilation", "padded size", "output", "backward stride", "im2col"])
+def test_refuses_int64_overflow(call):
+    with pytest.raises(ValueError, match="64-bit"):
+        call()
+
+
+@pytest.mark.parametrize("call", [
+    lambda: convkit.conv2d(X, WEIGHT, padding=10**6),
+    lambda: convkit.conv2d(np.ones((1, 64, 64, 64)), np.ones((1, 64, 64, 64)),
+                           padding=((0, 0), (0, 10**7)), method="im2col"),
+    lambda: convkit.im2col(X, 1, padding=10**6),
+    lambda: convkit.col2im(np.ones((1, 1, 1)), (1, 1, 10**15, 1), 1, stride=10**15),
+], ids=["conv2d output", "im2col workspace", "im2col output", "col2im output"])
+def test_refuses_more_than_physical_memory(call):
+    with pytest.raises(MemoryError, match="memory of this machine"):
+        call()
+
+
+def test_memory_guard_counts_outputs_and_workspace(monkeypatch):
+    """With 1 MiB of 'memory', calls needing 2 MiB are refused, calls needing less run."""
+    monkeypatch.setattr(_limits, "physical_memory", lambda: 1 << 20)
+    weight = np.ones((4, 4, 1, 1))
+    with pytest.raises(MemoryError, match=r"y \(64, 4, 32, 32\)"):
+        convkit.conv2d(np.ones((64, 4, 32, 32)), weight)
+    assert convkit.conv2d(np.ones((16, 4, 32, 32)), weight).shape == (16, 4, 32, 32)
+    x = np.ones((4, 4, 32, 32))
+    weight = np.ones((4, 4, 3, 3))
+    with convkit.workspace_limit(1 << 30), pytest.raises(MemoryError, match="im2col workspace"):
+        convkit.conv2d(x, weight, padding=1, method="im2col")
+    with convkit.workspace_limit(1 << 16):
+        assert convkit.conv2d(x, weight, padding=1, method="im2col").shape == x.shape
