@@ -54,6 +54,7 @@ class ConvShape:
     groups: int = 1
 
     def geometry(self):
+        """The checked :class:`~convkit._validation.ConvGeometry` of this shape."""
         return conv_geometry((self.N, self.C, self.H, self.W),
                              (self.K, self.C // self.groups, self.R, self.S),
                              self.stride, self.padding, 1, self.groups)
@@ -123,6 +124,8 @@ def shapes_for(op):
 
 @dataclass(frozen=True)
 class Timing:
+    """Median of the timed calls, in seconds, and how many there were."""
+
     median_s: float
     repeats: int
 
@@ -162,6 +165,7 @@ def max_errors(actual, expected):
 
 
 def within_tolerance(max_rel, dtype):
+    """True when a relative error from :func:`max_errors` is acceptable for ``dtype``."""
     return max_rel <= TOLERANCE[np.dtype(dtype)]
 
 
@@ -351,6 +355,7 @@ def cpu_model():
 
 
 def machine_info(torch):
+    """dict naming the CPU, cores, OpenMP, BLAS and library versions of this run."""
     blas = _threads.blas_info()
     blas_text = "; ".join(f"{lib.get('internal_api')} {lib.get('version')} "
                           f"({lib.get('threading_layer')}, {lib.get('architecture')})"
@@ -613,6 +618,7 @@ def _thread_list(text):
 
 
 def build_parser():
+    """The command-line parser of :func:`main`."""
     parser = argparse.ArgumentParser(
         prog="python -m convkit.bench",
         description="Time convkit's conv and pooling kernels against the NumPy reference "
