@@ -1,0 +1,105 @@
+"""Thread safety: concurrent Python threads get the serial results; kernels release the GIL."""
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+import convkit
+
+PYTHON_THREADS = 8
+REPEATS = 3
+
+
+def _problem(index):
+    """Inputs of a different shape and geometry for each Python thread."""
+    rng = np.random.default_rng(index)
+    dtype = (np.float32, np.float64)[index % 2]
+    N, C, K, size = 1 + index % 3, 3 + index % 4, 4 + index % 5, 16 + 2 * index
+    stride, padding = 1 + index % 2, index % 3
+    x = rng.standard_normal((N, C, size, size)).astype(dtype)
+    weight = rng.standard_normal((K, C, 3, 3)).astype(dtype)
+    bias = rng.standard_normal(K).astype(dtype)
+    y_shape = convkit.conv2d(x, weight, stride=stride, padding=padding).shape
+    grad_y = rng.standard_normal(y_shape).astype(dtype)
+    return {"x": x, "weight": weight, "bias": bias, "grad_y": grad_y, "stride": stride,
+            "padding": padding, "threads": 1 + (index // 2) % 2}
+
+
+def _results(problem):
+    """Every kernel on one problem, under that thread's own convkit.num_threads."""
+    p = problem
+    geometry = {"stride": p["stride"], "padding": p["padding"]}
+    out = []
+    with convkit.num_threads(p["threads"]):
+        for method in ("direct", "im2col"):
+            out.append(convkit.conv2d(p["x"], p["weight"], p["bias"], **geometry, method=method))
+            out.extend(convkit.conv2d_backward(p["grad_y"], p["x"], p["weight"], **geometry,
+                                               method=method))
+    return out
+
+
+def test_concurrent_calls_match_serial_results():
+    problems = [_problem(i) for i in range(PYTHON_THREADS)]
+    serial = [_results(problem) for problem in problems]
+    start = threading.Barrier(PYTHON_THREADS)
+
+    def worker(problem):
+        start.wait()
+        return [_results(problem) for _ in range(REPEATS)]
+
+    with ThreadPoolExecutor(PYTHON_THREADS) as pool:
+        concurrent = list(pool.map(worker, problems))
+    for index, (expected, runs) in enumerate(zip(serial, concurrent)):
+        for run in runs:
+            for position, (actual, wanted) in enumerate(zip(run, expected)):
+                assert np.array_equal(actual, wanted), f"thread {index}, result {position}"
+
+
+def _longest_stall(call):
+    """(seconds ``call`` took, longest pause of a counting Python thread meanwhile, count)."""
+    stop = threading.Event()
+    stats = {}
+
+    def count():
+        last = time.perf_counter()
+        longest, counter = 0.0, 0
+        while not stop.is_set():
+            now = time.perf_counter()
+            longest = max(longest, now - last)
+            last = now
+            counter += 1
+        stats.update(longest=longest, counter=counter)
+
+    counter_thread = threading.Thread(target=count)
+    counter_thread.start()
+    begin = time.perf_counter()
+    call()
+    duration = time.perf_counter() - begin
+    stop.set()
+    counter_thread.join()
+    return duration, stats["longest"], stats["counter"]
+
+
+rng = np.random.default_rng(0)
+BIG_X = rng.standard_normal((8, 32, 64, 64))
+BIG_WEIGHT = rng.standard_normal((64, 32, 3, 3))
+BIG_GRAD_Y = rng.standard_normal((4, 32, 64, 64))
+
+
+@pytest.mark.parametrize("call", [
+    lambda: convkit.conv2d(BIG_X, BIG_WEIGHT, padding=1, method="direct"),
+    lambda: convkit.conv2d(BIG_X, BIG_WEIGHT, padding=1, method="im2col"),
+    lambda: convkit.conv2d_backward(BIG_GRAD_Y, BIG_X[:4], BIG_WEIGHT[:32], padding=1,
+                                    method="direct", output_mask=(True, True, False)),
+], ids=["conv2d direct", "conv2d im2col", "conv2d_backward direct"])
+def test_kernels_release_the_gil(call):
+    # One kernel thread leaves the other core to the counting thread.
+    with convkit.num_threads(1):
+        duration, longest, counter = _longest_stall(call)
+    assert duration > 0.2, "the call is too short to tell whether the GIL was released"
+    assert longest < duration / 3, (
+        f"the counting thread stalled {longest:.3f} s of a {duration:.3f} s call "
+        f"({counter} increments): the kernel holds the GIL")
