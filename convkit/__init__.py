@@ -9,11 +9,15 @@ __version__ = "0.1.0"
 
 from convkit._threads import get_num_threads, num_threads, set_num_threads
 from convkit.functional import (
+    avg_pool2d,
+    avg_pool2d_backward,
     col2im,
     conv2d,
     conv2d_backward,
     get_workspace_limit,
     im2col,
+    max_pool2d,
+    max_pool2d_backward,
     set_workspace_limit,
     workspace_limit,
 )
@@ -57,6 +61,10 @@ __all__ = [
     "conv2d_backward",
     "im2col",
     "col2im",
+    "max_pool2d",
+    "max_pool2d_backward",
+    "avg_pool2d",
+    "avg_pool2d_backward",
     "set_num_threads",
     "get_num_threads",
     "num_threads",

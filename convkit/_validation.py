@@ -327,6 +327,20 @@ def check_shape(shape, ndim, name, layout):
     return items
 
 
+def pool_output_size(size, kernel, stride, pad_before, pad_after, dilation, ceil_mode):
+    """:func:`output_size` with PyTorch's pooling quirk for overhanging kernels.
+
+    PyTorch rounds ``(span + stride - 1) // stride + 1`` in ceil_mode even
+    when the dilated kernel is longer than the padded input (``span < 0``):
+    an overhang shorter than the stride still gives one window, cut at the
+    end of the input.
+    """
+    span = size + pad_before + pad_after - effective_kernel(kernel, dilation)
+    if ceil_mode and -stride < span < 0:
+        return 1
+    return output_size(size, kernel, stride, pad_before, pad_after, dilation, ceil_mode)
+
+
 def _windows_without_input(size, kernel, stride, pad_before, dilation, count):
     """Windows along one axis whose taps all fall in the padding (dilation > 1 only)."""
     starts = np.arange(count, dtype=np.int64)[:, None] * stride - pad_before
@@ -359,8 +373,8 @@ def pool_geometry(x_shape, kernel_size, stride, padding, dilation, ceil_mode, x_
             if pad > kernel[axis] // 2:
                 raise ValueError(f"padding must be at most half of kernel_size {kernel} on "
                                  f"every side, got {side} padding {pad} (padding={padding!r})")
-    P = output_size(H, kernel[0], stride[0], *pads[0], dilation[0], ceil_mode)
-    Q = output_size(W, kernel[1], stride[1], *pads[1], dilation[1], ceil_mode)
+    P = pool_output_size(H, kernel[0], stride[0], *pads[0], dilation[0], ceil_mode)
+    Q = pool_output_size(W, kernel[1], stride[1], *pads[1], dilation[1], ceil_mode)
     if P < 1 or Q < 1:
         raise ValueError(
             f"kernel_size {kernel} (dilation {dilation}, extent "

@@ -12,6 +12,7 @@ import numpy as np
 
 from convkit import _limits, _threads
 from convkit._lib import _conv
+from convkit._pooling import avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backward
 from convkit._validation import (
     check_bias,
     check_conv_arrays,
@@ -347,6 +348,10 @@ __all__ = [
     "conv2d_backward",
     "im2col",
     "col2im",
+    "max_pool2d",
+    "max_pool2d_backward",
+    "avg_pool2d",
+    "avg_pool2d_backward",
     "set_workspace_limit",
     "get_workspace_limit",
     "workspace_limit",

@@ -1,0 +1,475 @@
+# cython: language_level=3
+"""Pooling kernels: max and average, forward and backward.
+
+Callers (convkit/_pooling.py) validate arguments, make every array
+C-contiguous with one float dtype, allocate outputs and pick the thread
+count; these kernels trust that and run without the GIL.
+
+Layouts: x (N, C, H, W), y (N, C, P, Q); the N*C planes are independent and
+each is owned by one task, so backward passes accumulate without atomics and
+results do not depend on the thread count. Padding is implicit: taps outside
+the input are skipped.
+
+Two loop orders. "Taps": for each output row, each kernel tap updates the
+whole row, so the inner loop runs along q and vectorises (small kernels).
+"Windows": each output scans its own window row by row (kernels wider than
+the output, global pooling), where the taps order would loop over one q.
+Max pooling follows PyTorch's CPU rule, taps in row-major window order:
+take ``v`` when ``v > max or isnan(v)``, so ties keep the first maximum and
+a NaN window reports its last NaN. A window starts at -inf pointing at its
+first input cell, so padding never wins.
+"""
+
+from cython.parallel cimport prange
+from libc.math cimport INFINITY
+from libc.stdint cimport INT32_MAX, int32_t, int64_t
+from libc.string cimport memset
+
+from convkit._lib._openmp cimport omp_get_thread_num
+
+ctypedef fused floating:
+    float
+    double
+
+
+cdef inline void _valid_range(int64_t size, int64_t count, int64_t step, int64_t offset,
+                              int64_t *lo, int64_t *hi) noexcept nogil:
+    """The i in [0, count) with i*step + offset in [0, size), as [lo, hi)."""
+    cdef int64_t first = 0, last
+    if offset < 0:
+        first = (-offset + step - 1) // step
+    if size - 1 - offset < 0:
+        last = 0
+    else:
+        last = (size - 1 - offset) // step + 1
+    if last > count:
+        last = count
+    if first > last:
+        first = last
+    lo[0] = first
+    hi[0] = last
+
+
+cdef inline floating _sum(const floating *a, int64_t n) noexcept nogil:
+    """Sum of a[0:n] in eight interleaved partial sums (vectorises, and rounds less)."""
+    cdef floating s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0
+    cdef int64_t i = 0
+    while i + 8 <= n:
+        s0 += a[i]
+        s1 += a[i + 1]
+        s2 += a[i + 2]
+        s3 += a[i + 3]
+        s4 += a[i + 4]
+        s5 += a[i + 5]
+        s6 += a[i + 6]
+        s7 += a[i + 7]
+        i += 8
+    s0 = ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+    while i < n:
+        s0 += a[i]
+        i += 1
+    return s0
+
+
+# ---------------------------------------------------------------- max forward
+
+cdef inline void _max_tap(floating *m, const floating *xrow, int64_t lo, int64_t hi,
+                          int64_t sw, int64_t offset) noexcept nogil:
+    """m[q] = max(m[q], xrow[q*sw + offset]) for q in [lo, hi), PyTorch's NaN rule."""
+    cdef int64_t q
+    cdef floating v
+    cdef bint take
+    if sw == 1:
+        for q in range(lo, hi):
+            v = xrow[q + offset]
+            take = (v > m[q]) | (v != v)
+            m[q] = v if take else m[q]
+    else:
+        for q in range(lo, hi):
+            v = xrow[q * sw + offset]
+            take = (v > m[q]) | (v != v)
+            m[q] = v if take else m[q]
+
+
+cdef inline void _argmax_tap(floating *m, int32_t *tap, const floating *xrow, int32_t t,
+                             int64_t lo, int64_t hi, int64_t sw,
+                             int64_t offset) noexcept nogil:
+    """_max_tap that also records the tap number t where it takes the value."""
+    cdef int64_t q
+    cdef floating v
+    cdef bint take
+    if sw == 1:
+        for q in range(lo, hi):
+            v = xrow[q + offset]
+            take = (v > m[q]) | (v != v)
+            m[q] = v if take else m[q]
+            tap[q] = t if take else tap[q]
+    else:
+        for q in range(lo, hi):
+            v = xrow[q * sw + offset]
+            take = (v > m[q]) | (v != v)
+            m[q] = v if take else m[q]
+            tap[q] = t if take else tap[q]
+
+
+cdef void _max_plane_taps(const floating *x, floating *y, int64_t *idx, int32_t *tap,
+                          const int64_t *tap_offset, int64_t H, int64_t W, int64_t P,
+                          int64_t Q, int64_t R, int64_t S, int64_t sh, int64_t sw,
+                          int64_t pt, int64_t pl, int64_t dh, int64_t dw) noexcept nogil:
+    """One plane, taps order; indices too when idx is not NULL (tap: Q ints)."""
+    cdef int64_t p, q, r, s, r_lo, r_hi, s_lo, s_hi, ih, offset, row_base
+    cdef floating *yrow
+    for p in range(P):
+        yrow = y + p * Q
+        for q in range(Q):
+            yrow[q] = -INFINITY
+        _valid_range(H, R, dh, p * sh - pt, &r_lo, &r_hi)
+        if idx != NULL:
+            for q in range(Q):
+                offset = q * sw - pl
+                s_lo = (-offset + dw - 1) // dw if offset < 0 else 0
+                tap[q] = <int32_t> (r_lo * S + s_lo)
+        for r in range(r_lo, r_hi):
+            ih = p * sh - pt + r * dh
+            for s in range(S):
+                offset = s * dw - pl
+                _valid_range(W, Q, sw, offset, &s_lo, &s_hi)
+                if idx == NULL:
+                    _max_tap(yrow, x + ih * W, s_lo, s_hi, sw, offset)
+                else:
+                    _argmax_tap(yrow, tap, x + ih * W, <int32_t> (r * S + s),
+                                s_lo, s_hi, sw, offset)
+        if idx != NULL:
+            row_base = (p * sh - pt) * W - pl
+            for q in range(Q):
+                idx[p * Q + q] = row_base + q * sw + tap_offset[tap[q]]
+
+
+cdef void _max_plane_windows(const floating *x, floating *y, int64_t *idx, int64_t H,
+                             int64_t W, int64_t P, int64_t Q, int64_t R, int64_t S,
+                             int64_t sh, int64_t sw, int64_t pt, int64_t pl, int64_t dh,
+                             int64_t dw) noexcept nogil:
+    """One plane, windows order: PyTorch's scalar loop (indices when idx is not NULL)."""
+    cdef int64_t p, q, r, s, r_lo, r_hi, s_lo, s_hi, ih0, iw0, i, best
+    cdef floating m, v
+    for p in range(P):
+        ih0 = p * sh - pt
+        _valid_range(H, R, dh, ih0, &r_lo, &r_hi)
+        for q in range(Q):
+            iw0 = q * sw - pl
+            _valid_range(W, S, dw, iw0, &s_lo, &s_hi)
+            m = -INFINITY
+            best = (ih0 + r_lo * dh) * W + iw0 + s_lo * dw
+            for r in range(r_lo, r_hi):
+                i = (ih0 + r * dh) * W + iw0
+                for s in range(s_lo, s_hi):
+                    v = x[i + s * dw]
+                    if v > m or v != v:
+                        m = v
+                        best = i + s * dw
+            y[p * Q + q] = m
+            if idx != NULL:
+                idx[p * Q + q] = best
+
+
+cdef void _max_plane_2x2(const floating *x, floating *y, int64_t *idx, int32_t *offset,
+                         int64_t W, int64_t P, int64_t Q) noexcept nogil:
+    """Kernel 2, stride 2, no padding or dilation, every window inside the input.
+
+    With indices, the winner's offset in its window (0, 1, W or W+1) goes to
+    the int32 row ``offset`` first: same-width lanes as float32 keep the
+    selects branch-free and vectorised; a second loop widens to int64.
+    """
+    cdef int64_t p, q
+    cdef int32_t t, W32 = <int32_t> W
+    cdef const floating *a
+    cdef const floating *b
+    cdef floating m, v
+    cdef bint take
+    for p in range(P):
+        a = x + 2 * p * W
+        b = a + W
+        if idx == NULL:
+            for q in range(Q):
+                m = a[2 * q]
+                v = a[2 * q + 1]
+                m = v if (v > m) | (v != v) else m
+                v = b[2 * q]
+                m = v if (v > m) | (v != v) else m
+                v = b[2 * q + 1]
+                m = v if (v > m) | (v != v) else m
+                y[p * Q + q] = m
+        else:
+            for q in range(Q):
+                m = a[2 * q]
+                t = 0
+                v = a[2 * q + 1]
+                take = (v > m) | (v != v)
+                m = v if take else m
+                t = 1 if take else t
+                v = b[2 * q]
+                take = (v > m) | (v != v)
+                m = v if take else m
+                t = W32 if take else t
+                v = b[2 * q + 1]
+                take = (v > m) | (v != v)
+                m = v if take else m
+                t = W32 + 1 if take else t
+                y[p * Q + q] = m
+                offset[q] = t
+            for q in range(Q):
+                idx[p * Q + q] = 2 * p * W + 2 * q + offset[q]
+
+
+def max_forward(const floating[:, :, :, ::1] x,     # IN  (N, C, H, W)
+                floating[:, :, :, ::1] y,           # OUT (N, C, P, Q)
+                int64_t[:, :, :, ::1] indices,      # OUT (N, C, P, Q) flat in H*W, or None
+                int32_t[:, ::1] tap_scratch,        # (n_threads, Q), used with indices
+                const int64_t[::1] tap_offset,      # IN  (R*S,) r*dh*W + s*dw
+                int64_t R, int64_t S, int64_t sh, int64_t sw, int64_t pt, int64_t pl,
+                int64_t dh, int64_t dw, int n_threads):
+    cdef int64_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef int64_t P = y.shape[2], Q = y.shape[3]
+    cdef int64_t plane
+    cdef bint with_indices = indices is not None
+    cdef bint fast_2x2 = (R == 2 and S == 2 and sh == 2 and sw == 2 and pt == 0 and pl == 0
+                          and dh == 1 and dw == 1 and 2 * P <= H and 2 * Q <= W
+                          and W < INT32_MAX)
+    cdef bint windows_order = S > Q
+    cdef const floating *xp = &x[0, 0, 0, 0]
+    cdef floating *yp = &y[0, 0, 0, 0]
+    cdef int64_t *ip = &indices[0, 0, 0, 0] if with_indices else NULL
+    cdef int64_t *plane_idx
+    for plane in prange(N * C, schedule="static", nogil=True, num_threads=n_threads):
+        plane_idx = ip + plane * P * Q if with_indices else NULL
+        if fast_2x2:
+            _max_plane_2x2(xp + plane * H * W, yp + plane * P * Q, plane_idx,
+                           &tap_scratch[omp_get_thread_num(), 0], W, P, Q)
+        elif windows_order:
+            _max_plane_windows(xp + plane * H * W, yp + plane * P * Q, plane_idx,
+                               H, W, P, Q, R, S, sh, sw, pt, pl, dh, dw)
+        else:
+            _max_plane_taps(xp + plane * H * W, yp + plane * P * Q, plane_idx,
+                            &tap_scratch[omp_get_thread_num(), 0], &tap_offset[0],
+                            H, W, P, Q, R, S, sh, sw, pt, pl, dh, dw)
+
+
+# --------------------------------------------------------------- max backward
+
+def max_backward(const floating[:, ::1] grad_output,  # IN  (N*C, P*Q)
+                 const int64_t[:, ::1] indices,       # IN  (N*C, P*Q) flat in H*W
+                 floating[:, ::1] grad_input,         # OUT (N*C, H*W)
+                 int n_threads):
+    """grad_input[plane, indices[plane, k]] += grad_output[plane, k], in k order.
+
+    Returns how many indices fall outside [0, H*W); those are skipped (the
+    caller raises, so grad_input is then garbage).
+    """
+    cdef int64_t planes = grad_output.shape[0], L = grad_output.shape[1]
+    cdef int64_t HW = grad_input.shape[1]
+    cdef int64_t plane, k, i
+    cdef int64_t bad = 0
+    cdef floating *gx
+    for plane in prange(planes, schedule="static", nogil=True, num_threads=n_threads):
+        gx = &grad_input[plane, 0]
+        memset(gx, 0, HW * sizeof(floating))
+        for k in range(L):
+            i = indices[plane, k]
+            if i < 0 or i >= HW:
+                bad += 1
+            else:
+                gx[i] += grad_output[plane, k]
+    return bad
+
+
+# ---------------------------------------------------------------- avg forward
+
+cdef void _avg_plane_taps(const floating *x, floating *y, const floating *row_count,
+                          const floating *col_count, int64_t H, int64_t W, int64_t P,
+                          int64_t Q, int64_t R, int64_t S, int64_t sh, int64_t sw,
+                          int64_t pt, int64_t pl) noexcept nogil:
+    """One plane, taps order: sums in row-major window order, as PyTorch does."""
+    cdef int64_t p, q, r, s, r_lo, r_hi, q_lo, q_hi, offset
+    cdef floating *yrow
+    cdef const floating *xrow
+    for p in range(P):
+        yrow = y + p * Q
+        for q in range(Q):
+            yrow[q] = 0
+        _valid_range(H, R, 1, p * sh - pt, &r_lo, &r_hi)
+        for r in range(r_lo, r_hi):
+            xrow = x + (p * sh - pt + r) * W
+            for s in range(S):
+                offset = s - pl
+                _valid_range(W, Q, sw, offset, &q_lo, &q_hi)
+                if sw == 1:
+                    for q in range(q_lo, q_hi):
+                        yrow[q] += xrow[q + offset]
+                else:
+                    for q in range(q_lo, q_hi):
+                        yrow[q] += xrow[q * sw + offset]
+        for q in range(Q):
+            yrow[q] = yrow[q] / (row_count[p] * col_count[q])
+
+
+cdef void _avg_plane_windows(const floating *x, floating *y, const floating *row_count,
+                             const floating *col_count, int64_t H, int64_t W, int64_t P,
+                             int64_t Q, int64_t R, int64_t S, int64_t sh, int64_t sw,
+                             int64_t pt, int64_t pl) noexcept nogil:
+    """One plane, windows order: each window summed in contiguous runs."""
+    cdef int64_t p, q, r, r_lo, r_hi, s_lo, s_hi, ih0, iw0
+    cdef floating total
+    for p in range(P):
+        ih0 = p * sh - pt
+        _valid_range(H, R, 1, ih0, &r_lo, &r_hi)
+        for q in range(Q):
+            iw0 = q * sw - pl
+            _valid_range(W, S, 1, iw0, &s_lo, &s_hi)
+            if s_hi - s_lo == W:
+                total = _sum(x + (ih0 + r_lo) * W, (r_hi - r_lo) * W)
+            else:
+                total = 0
+                for r in range(r_lo, r_hi):
+                    total = total + _sum(x + (ih0 + r) * W + iw0 + s_lo, s_hi - s_lo)
+            y[p * Q + q] = total / (row_count[p] * col_count[q])
+
+
+cdef void _avg_plane_2x2(const floating *x, floating *y, const floating *row_count,
+                         const floating *col_count, int64_t W, int64_t P,
+                         int64_t Q) noexcept nogil:
+    """Kernel 2, stride 2, no padding, every window inside the input."""
+    cdef int64_t p, q
+    cdef const floating *a
+    cdef const floating *b
+    for p in range(P):
+        a = x + 2 * p * W
+        b = a + W
+        for q in range(Q):
+            y[p * Q + q] = (((a[2 * q] + a[2 * q + 1]) + b[2 * q]) + b[2 * q + 1]) / (
+                row_count[p] * col_count[q])
+
+
+def avg_forward(const floating[:, :, :, ::1] x,  # IN  (N, C, H, W)
+                floating[:, :, :, ::1] y,        # OUT (N, C, P, Q)
+                const floating[::1] row_count,   # IN  (P,) divisor = row_count[p]*col_count[q]
+                const floating[::1] col_count,   # IN  (Q,)
+                int64_t R, int64_t S, int64_t sh, int64_t sw, int64_t pt, int64_t pl,
+                int n_threads):
+    cdef int64_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef int64_t P = y.shape[2], Q = y.shape[3]
+    cdef int64_t plane
+    cdef bint windows_order = S > Q
+    cdef bint fast_2x2 = (R == 2 and S == 2 and sh == 2 and sw == 2 and pt == 0 and pl == 0
+                          and 2 * P <= H and 2 * Q <= W)
+    cdef const floating *xp = &x[0, 0, 0, 0]
+    cdef floating *yp = &y[0, 0, 0, 0]
+    for plane in prange(N * C, schedule="static", nogil=True, num_threads=n_threads):
+        if fast_2x2:
+            _avg_plane_2x2(xp + plane * H * W, yp + plane * P * Q, &row_count[0],
+                           &col_count[0], W, P, Q)
+        elif windows_order:
+            _avg_plane_windows(xp + plane * H * W, yp + plane * P * Q, &row_count[0],
+                               &col_count[0], H, W, P, Q, R, S, sh, sw, pt, pl)
+        else:
+            _avg_plane_taps(xp + plane * H * W, yp + plane * P * Q, &row_count[0],
+                            &col_count[0], H, W, P, Q, R, S, sh, sw, pt, pl)
+
+
+# --------------------------------------------------------------- avg backward
+
+cdef void _avg_backward_plane_taps(const floating *gy, floating *gx, floating *share,
+                                   const floating *row_count, const floating *col_count,
+                                   int64_t H, int64_t W, int64_t P, int64_t Q, int64_t R,
+                                   int64_t S, int64_t sh, int64_t sw, int64_t pt,
+                                   int64_t pl) noexcept nogil:
+    """One plane, taps order (share: Q scratch values, each window's gradient share)."""
+    cdef int64_t p, q, r, s, r_lo, r_hi, q_lo, q_hi, offset
+    cdef floating *gxrow
+    for p in range(P):
+        for q in range(Q):
+            share[q] = gy[p * Q + q] / (row_count[p] * col_count[q])
+        _valid_range(H, R, 1, p * sh - pt, &r_lo, &r_hi)
+        for r in range(r_lo, r_hi):
+            gxrow = gx + (p * sh - pt + r) * W
+            for s in range(S):
+                offset = s - pl
+                _valid_range(W, Q, sw, offset, &q_lo, &q_hi)
+                if sw == 1:
+                    for q in range(q_lo, q_hi):
+                        gxrow[q + offset] += share[q]
+                else:
+                    for q in range(q_lo, q_hi):
+                        gxrow[q * sw + offset] += share[q]
+
+
+cdef void _avg_backward_plane_windows(const floating *gy, floating *gx,
+                                      const floating *row_count, const floating *col_count,
+                                      int64_t H, int64_t W, int64_t P, int64_t Q, int64_t R,
+                                      int64_t S, int64_t sh, int64_t sw, int64_t pt,
+                                      int64_t pl) noexcept nogil:
+    """One plane, windows order: each window's share added to its contiguous runs."""
+    cdef int64_t p, q, r, i, r_lo, r_hi, s_lo, s_hi, ih0, iw0
+    cdef floating share
+    cdef floating *run
+    for p in range(P):
+        ih0 = p * sh - pt
+        _valid_range(H, R, 1, ih0, &r_lo, &r_hi)
+        for q in range(Q):
+            iw0 = q * sw - pl
+            _valid_range(W, S, 1, iw0, &s_lo, &s_hi)
+            share = gy[p * Q + q] / (row_count[p] * col_count[q])
+            for r in range(r_lo, r_hi):
+                run = gx + (ih0 + r) * W + iw0 + s_lo
+                for i in range(s_hi - s_lo):
+                    run[i] += share
+
+
+cdef void _avg_backward_plane_2x2(const floating *gy, floating *gx,
+                                  const floating *row_count, const floating *col_count,
+                                  int64_t W, int64_t P, int64_t Q) noexcept nogil:
+    """Kernel 2, stride 2, no padding, every window inside the input: no overlaps."""
+    cdef int64_t p, q
+    cdef floating *a
+    cdef floating *b
+    cdef floating share
+    for p in range(P):
+        a = gx + 2 * p * W
+        b = a + W
+        for q in range(Q):
+            share = gy[p * Q + q] / (row_count[p] * col_count[q])
+            a[2 * q] = share
+            a[2 * q + 1] = share
+            b[2 * q] = share
+            b[2 * q + 1] = share
+
+
+def avg_backward(const floating[:, :, :, ::1] grad_output,  # IN  (N, C, P, Q)
+                 floating[:, :, :, ::1] grad_input,         # OUT (N, C, H, W)
+                 floating[:, ::1] share_scratch,            # (n_threads, Q)
+                 const floating[::1] row_count,             # IN  (P,) as in avg_forward
+                 const floating[::1] col_count,             # IN  (Q,)
+                 int64_t R, int64_t S, int64_t sh, int64_t sw, int64_t pt, int64_t pl,
+                 int n_threads):
+    cdef int64_t N = grad_input.shape[0], C = grad_input.shape[1]
+    cdef int64_t H = grad_input.shape[2], W = grad_input.shape[3]
+    cdef int64_t P = grad_output.shape[2], Q = grad_output.shape[3]
+    cdef int64_t plane
+    cdef bint windows_order = S > Q
+    cdef bint fast_2x2 = (R == 2 and S == 2 and sh == 2 and sw == 2 and pt == 0 and pl == 0
+                          and 2 * P <= H and 2 * Q <= W)
+    cdef const floating *gyp = &grad_output[0, 0, 0, 0]
+    cdef floating *gxp = &grad_input[0, 0, 0, 0]
+    for plane in prange(N * C, schedule="static", nogil=True, num_threads=n_threads):
+        memset(gxp + plane * H * W, 0, H * W * sizeof(floating))
+        if fast_2x2:
+            _avg_backward_plane_2x2(gyp + plane * P * Q, gxp + plane * H * W,
+                                    &row_count[0], &col_count[0], W, P, Q)
+        elif windows_order:
+            _avg_backward_plane_windows(gyp + plane * P * Q, gxp + plane * H * W,
+                                        &row_count[0], &col_count[0],
+                                        H, W, P, Q, R, S, sh, sw, pt, pl)
+        else:
+            _avg_backward_plane_taps(gyp + plane * P * Q, gxp + plane * H * W,
+                                     &share_scratch[omp_get_thread_num(), 0],
+                                     &row_count[0], &col_count[0],
+                                     H, W, P, Q, R, S, sh, sw, pt, pl)
