@@ -5,5 +5,20 @@ It imports no compiled code.
 """
 
 from convkit.reference._conv import col2im, conv2d, conv2d_backward, im2col
+from convkit.reference._pool import (
+    avg_pool2d,
+    avg_pool2d_backward,
+    max_pool2d,
+    max_pool2d_backward,
+)
 
-__all__ = ["conv2d", "conv2d_backward", "im2col", "col2im"]
+__all__ = [
+    "conv2d",
+    "conv2d_backward",
+    "im2col",
+    "col2im",
+    "max_pool2d",
+    "max_pool2d_backward",
+    "avg_pool2d",
+    "avg_pool2d_backward",
+]
