@@ -100,10 +100,9 @@ def max_pool2d_backward(grad_output, indices, input_shape):
     if indices.size and (indices.min() < 0 or indices.max() >= H * W):
         raise ValueError(f"indices must lie in [0, H*W) = [0, {H * W}) for input_shape "
                          f"{(N, C, H, W)}, got values in [{indices.min()}, {indices.max()}]")
-    planes = grad_output.reshape(N * C, -1)
-    flat = indices.reshape(N * C, -1) + np.arange(N * C, dtype=np.int64)[:, None] * (H * W)
+    plane_start = np.arange(N * C, dtype=np.int64).reshape(N, C, 1, 1) * (H * W)
     grad_input = np.zeros(N * C * H * W, dtype=grad_output.dtype)
-    np.add.at(grad_input, flat.reshape(-1), planes.reshape(-1))
+    np.add.at(grad_input, (indices + plane_start).reshape(-1), grad_output.reshape(-1))
     return grad_input.reshape(N, C, H, W)
 
 
