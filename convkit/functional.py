@@ -14,6 +14,7 @@ from convkit import _limits, _threads
 from convkit._lib import _conv
 from convkit._pooling import avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backward
 from convkit._validation import (
+    ConvGeometry,
     check_bias,
     check_conv_arrays,
     check_float_array,
@@ -62,19 +63,27 @@ def workspace_limit(nbytes):
         set_workspace_limit(previous)
 
 
-def _choose_method(g):
-    """The "auto" rule (measured with benchmarks/, see README "Choosing a method").
+def _choose_method(g, op):
+    """The "auto" rule: direct or im2col for ``op`` in forward/grad_input/grad_weight.
 
-    im2col + BLAS wins when the GEMM it builds is large: its reduction length
-    C/G*R*S amortises the im2col copy. The direct kernel wins when that
-    length is short (one input channel, depthwise) because it never writes
-    the R*S-times larger column matrix.
+    Measured on the benchmark shapes (README, "Choosing a method"): im2col +
+    BLAS wins where the GEMM it builds is well shaped: 1x1 convolutions
+    (no im2col at all), single-channel inputs (a tiny reduction that BLAS
+    handles better than the register blocks), strided convolutions (the
+    direct grad_input spreads grad_output onto a stride-times larger grid)
+    and small images. The direct kernels win for depthwise and narrow groups
+    (a GEMM of a few rows) and for large stride-1 feature maps, where im2col's
+    R*S-times larger column matrix costs more than the arithmetic.
     """
-    if g.is_pointwise:
-        return "im2col"
-    if g.C_per_group * g.R * g.S < 64 or g.K_per_group < 8:
+    if g.K_per_group < 8:
         return "direct"
-    return "im2col"
+    if g.is_pointwise or g.stride != (1, 1):
+        return "im2col"
+    if op == "forward":
+        return "im2col" if g.C_per_group == 1 else "direct"
+    if op == "grad_input":
+        return "direct" if g.H * g.W > 1024 and g.C_per_group > 1 else "im2col"
+    return "direct" if g.P * g.Q >= 2048 and g.C_per_group > 1 else "im2col"
 
 
 def _kernel_args(g):
@@ -109,6 +118,94 @@ def _check_sizes(op, g, itemsize, outputs, im2col_workspace=False):
         n0, n1, p0, p1 = next(_tiles(g, itemsize))
         buffers["im2col workspace"] = (n1 - n0, g.C * g.R * g.S, (p1 - p0) * g.Q)
     _limits.check_sizes(op, itemsize, buffers, _limits.conv_extents(g))
+
+
+def _phase_layout(g):
+    """Stride-phase planes of the direct kernels (see convkit/_lib/_direct.h).
+
+    Returns (Hph, Wph, plane_len, tap_offsets): each input channel becomes
+    sh*sw planes of Hph x Wph (+ slack) elements, and tap (r, s) of the
+    kernel reads its plane at a fixed offset from output grid position
+    p*Wph + q.
+    """
+    (sh, sw), (dh, dw) = g.stride, g.dilation
+    Hph = g.P + ((g.R - 1) * dh) // sh
+    Wph = g.Q + ((g.S - 1) * dw) // sw
+    plane_len = (Hph + 1) * Wph + _conv.PLANE_SLACK
+    r_phase, r_shift = np.divmod(np.arange(g.R) * dh, sh)[::-1]
+    s_phase, s_shift = np.divmod(np.arange(g.S) * dw, sw)[::-1]
+    offsets = ((r_phase[:, None] * sw + s_phase[None, :]) * plane_len
+               + r_shift[:, None] * Wph + s_shift[None, :])
+    return Hph, Wph, plane_len, np.ascontiguousarray(offsets.reshape(-1), dtype=np.int64)
+
+
+def _pack_input(x, g, layout, n_threads):
+    """(N, C, sh*sw, plane_len) stride-phase planes of the zero-padded input."""
+    Hph, Wph, plane_len, _ = layout
+    (sh, sw) = g.stride
+    packed = np.empty((g.N, g.C, sh * sw, plane_len), dtype=x.dtype)
+    _conv.pack_phases(x, packed, sh, sw, g.padding[0][0], g.padding[1][0], Hph, Wph,
+                      n_threads)
+    return packed
+
+
+def _pack_weight(weight, g):
+    """(G, blocks, C/G, R*S, kb) weights: kb output channels side by side."""
+    G, Kg, Cg = g.groups, g.K_per_group, g.C_per_group
+    kb = _conv.CHANNEL_BLOCK if Kg >= 4 else 1
+    blocks = -(-Kg // kb)
+    w = weight.reshape(G, Kg, Cg, g.R * g.S)
+    if blocks * kb != Kg:
+        w = np.concatenate([w, np.zeros((G, blocks * kb - Kg, Cg, g.R * g.S), w.dtype)], 1)
+    return np.ascontiguousarray(w.reshape(G, blocks, kb, Cg, g.R * g.S).transpose(0, 1, 3, 4, 2))
+
+
+def _forward_direct(x, weight, bias, g, y, n_threads):
+    layout = _phase_layout(g)
+    packed = _pack_input(x, g, layout, n_threads)
+    bias = np.zeros(g.K, x.dtype) if bias is None else contiguous(bias)
+    weight = _pack_weight(weight, g)
+    gstride = g.P * layout[1] + _conv.PLANE_SLACK
+    scratch = np.empty((n_threads, weight.shape[-1] * gstride), dtype=x.dtype)
+    _conv.forward_packed(packed, weight, layout[3], bias, y, scratch, layout[1], n_threads)
+
+
+def _grad_input_direct(grad_output, weight, g, n_threads):
+    """grad_input as a stride-1 convolution of grad_output (a transposed convolution).
+
+    grad_input = conv(grad_output, weight flipped in R and S with K and C/G
+    swapped, padding eff - 1 - pad, same dilation). For stride > 1,
+    grad_output is first spread onto every stride-th row and column of a zero
+    grid, so the same kernel applies.
+    """
+    (sh, sw), (dh, dw) = g.stride, g.dilation
+    N, P, Q = g.N, g.P, g.Q
+    if (sh, sw) != (1, 1):
+        P, Q = (P - 1) * sh + 1, (Q - 1) * sw + 1
+        spread = np.zeros((N, g.K, P, Q), dtype=grad_output.dtype)
+        spread[:, :, ::sh, ::sw] = grad_output
+        grad_output = spread
+    pads = (((g.R - 1) * dh - g.padding[0][0], 0), ((g.S - 1) * dw - g.padding[1][0], 0))
+    transposed = ConvGeometry(N, g.K, P, Q, g.C, g.R, g.S, g.H, g.W, g.groups, (1, 1),
+                              g.dilation, pads)
+    G, Kg, Cg = g.groups, g.K_per_group, g.C_per_group
+    flipped = weight.reshape(G, Kg, Cg, g.R, g.S)[:, :, :, ::-1, ::-1]
+    flipped = flipped.transpose(0, 2, 1, 3, 4).reshape(g.C, Kg, g.R, g.S)
+    grad_input = np.empty(g.input_shape, dtype=grad_output.dtype)
+    _forward_direct(grad_output, flipped, None, transposed, grad_input, n_threads)
+    return grad_input
+
+
+def _grad_weight_direct(grad_output, x, g, n_threads):
+    layout = _phase_layout(g)
+    Wph = layout[1]
+    packed = _pack_input(x, g, layout, n_threads)
+    grid = np.zeros((g.N, g.K, g.P, Wph), dtype=x.dtype)
+    grid[..., : g.Q] = grad_output
+    grad_weight = np.empty((g.K, g.C_per_group, g.R * g.S), dtype=x.dtype)
+    _conv.grad_weight_packed(grid.reshape(g.N, g.K, -1), packed, layout[3], grad_weight,
+                             g.groups, n_threads)
+    return grad_weight.reshape(g.weight_shape)
 
 
 def _im2col_tile(x, g, n0, n1, p0, p1, buffer, n_threads):
@@ -165,7 +262,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, m
     g = conv_geometry(x.shape, weight.shape, stride, padding, dilation, groups)
     check_bias(bias, g)
     if method == "auto":
-        method = _choose_method(g)
+        method = _choose_method(g, "forward")
     _check_sizes("conv2d", g, x.itemsize, {"y": g.output_shape}, method == "im2col")
     y = np.empty(g.output_shape, dtype=x.dtype)
     if y.size == 0:
@@ -173,8 +270,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, m
     x, weight = contiguous(x), contiguous(weight)
     n_threads = _threads.threads_for(g.flops // 2)
     if method == "direct":
-        bias_c = np.zeros(g.K, x.dtype) if bias is None else contiguous(bias)
-        _conv.forward_direct(x, weight, bias_c, y, *_kernel_args(g), g.groups, n_threads)
+        _forward_direct(x, weight, bias, g, y, n_threads)
         return y
     _forward_im2col(x, weight, g, y, n_threads)
     if bias is not None:
@@ -250,12 +346,12 @@ def conv2d_backward(grad_output, x, weight, stride=1, padding=0, dilation=1, gro
     x, weight, _ = check_conv_arrays(x, weight)
     g = conv_geometry(x.shape, weight.shape, stride, padding, dilation, groups)
     grad_output = check_grad_output(grad_output, g, x)
-    if method == "auto":
-        method = _choose_method(g)
+    methods = {op: _choose_method(g, op) if method == "auto" else method
+               for op in ("grad_input", "grad_weight")}
     outputs = {name: shape for name, shape, wanted in
                zip(("grad_input", "grad_weight", "grad_bias"),
                    (g.input_shape, g.weight_shape, (g.K,)), mask) if wanted}
-    _check_sizes("conv2d_backward", g, x.itemsize, outputs, method == "im2col")
+    _check_sizes("conv2d_backward", g, x.itemsize, outputs, "im2col" in methods.values())
     grad_output, x, weight = contiguous(grad_output), contiguous(x), contiguous(weight)
     n_threads = _threads.threads_for(g.flops // 2)
     grad_input = grad_weight = grad_bias = None
@@ -263,21 +359,16 @@ def conv2d_backward(grad_output, x, weight, stride=1, padding=0, dilation=1, gro
     if mask[0]:
         if empty:
             grad_input = np.zeros(g.input_shape, dtype=x.dtype)
-        elif method == "direct":
-            grad_input = np.empty(g.input_shape, dtype=x.dtype)
-            _conv.grad_input_direct(grad_output, weight, grad_input, *_kernel_args(g),
-                                    g.groups, n_threads)
+        elif methods["grad_input"] == "direct":
+            grad_input = _grad_input_direct(grad_output, weight, g, n_threads)
         else:
             with _threads.blas_threads(n_threads):
                 grad_input = _grad_input_im2col(grad_output, weight, g, n_threads)
     if mask[1]:
         if empty:
             grad_weight = np.zeros(g.weight_shape, dtype=x.dtype)
-        elif method == "direct":
-            grad_weight = np.empty(g.weight_shape, dtype=x.dtype)
-            scratch = np.empty((n_threads, g.R * g.S * g.Q), dtype=x.dtype)
-            _conv.grad_weight_direct(grad_output, x, grad_weight, scratch, *_kernel_args(g),
-                                     g.groups, n_threads)
+        elif methods["grad_weight"] == "direct":
+            grad_weight = _grad_weight_direct(grad_output, x, g, n_threads)
         else:
             with _threads.blas_threads(n_threads):
                 grad_weight = _grad_weight_im2col(grad_output, x, g, n_threads)

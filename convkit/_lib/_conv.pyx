@@ -1,14 +1,15 @@
 # cython: language_level=3
-"""Convolution kernels: direct forward/backward, im2col and col2im.
+"""Convolution kernels: im2col, col2im, grad_bias and the direct kernels' drivers.
 
 Callers (convkit/functional.py) validate arguments, make every array
 C-contiguous with one float dtype, allocate outputs and pick the thread
 count; these kernels trust that and run without the GIL.
 
 Layouts: x (N, C, H, W), weight (K, C/G, R, S), y (N, K, P, Q).
-Padding is implicit: reads outside the input count as zero, so the input is
-never copied. Every output element is written by exactly one task, which
-sums in a fixed order, so results do not depend on the thread count.
+im2col/col2im treat reads outside the input as zero padding. The direct
+kernels (_direct.h) read stride-phase planes packed by pack_phases. Every
+output element is written by exactly one task, which sums in a fixed order,
+so results do not depend on the thread count.
 """
 
 from cython.parallel cimport prange
@@ -40,19 +41,6 @@ cdef inline void _column_range(int64_t W, int64_t Q, int64_t stride, int64_t off
     q_hi[0] = hi
 
 
-cdef inline void _axpy_strided(floating *out, const floating *src, floating a,
-                               int64_t lo, int64_t hi, int64_t stride,
-                               int64_t offset) noexcept nogil:
-    """out[q] += a * src[q*stride + offset] for q in [lo, hi)."""
-    cdef int64_t q
-    if stride == 1:
-        for q in range(lo, hi):
-            out[q] += a * src[q + offset]
-    else:
-        for q in range(lo, hi):
-            out[q] += a * src[q * stride + offset]
-
-
 cdef inline void _scatter_strided(floating *out, const floating *src, floating a,
                                   int64_t lo, int64_t hi, int64_t stride,
                                   int64_t offset) noexcept nogil:
@@ -64,182 +52,6 @@ cdef inline void _scatter_strided(floating *out, const floating *src, floating a
     else:
         for q in range(lo, hi):
             out[q * stride + offset] += a * src[q]
-
-
-cdef inline void _mul_strided(floating *acc, const floating *a, const floating *b,
-                              int64_t lo, int64_t hi, int64_t stride,
-                              int64_t offset) noexcept nogil:
-    """acc[q] += a[q] * b[q*stride + offset] for q in [lo, hi)."""
-    cdef int64_t q
-    if stride == 1:
-        for q in range(lo, hi):
-            acc[q] += a[q] * b[q + offset]
-    else:
-        for q in range(lo, hi):
-            acc[q] += a[q] * b[q * stride + offset]
-
-
-cdef enum:
-    # Output channels one direct-forward task computes.
-    K_BLOCK = 8
-
-
-cdef void _forward_task(const floating *x, const floating *w, const floating *bias,
-                        floating *y, int64_t n, int64_t g, int64_t k0, int64_t k_count,
-                        int64_t C, int64_t H, int64_t W, int64_t K, int64_t Cg,
-                        int64_t R, int64_t S, int64_t P, int64_t Q,
-                        int64_t sh, int64_t sw, int64_t pt, int64_t pl,
-                        int64_t dh, int64_t dw) noexcept nogil:
-    """y[n, k0:k0+k_count] for channels of group g, every output row."""
-    cdef int64_t p, q, c, r, s, kb, ih, q_lo, q_hi, offset
-    cdef floating *yrow
-    cdef const floating *xrow
-    cdef const floating *wk
-    for p in range(P):
-        for kb in range(k_count):
-            yrow = y + ((n * K + k0 + kb) * P + p) * Q
-            for q in range(Q):
-                yrow[q] = bias[k0 + kb]
-        for c in range(Cg):
-            for r in range(R):
-                ih = p * sh - pt + r * dh
-                if ih < 0 or ih >= H:
-                    continue
-                xrow = x + ((n * C + g * Cg + c) * H + ih) * W
-                for s in range(S):
-                    offset = s * dw - pl
-                    _column_range(W, Q, sw, offset, &q_lo, &q_hi)
-                    for kb in range(k_count):
-                        wk = w + (((k0 + kb) * Cg + c) * R + r) * S + s
-                        yrow = y + ((n * K + k0 + kb) * P + p) * Q
-                        _axpy_strided(yrow, xrow, wk[0], q_lo, q_hi, sw, offset)
-
-
-def forward_direct(const floating[:, :, :, ::1] x,       # IN  (N, C, H, W)
-                   const floating[:, :, :, ::1] weight,  # IN  (K, C/G, R, S)
-                   const floating[::1] bias,             # IN  (K,) zeros if none
-                   floating[:, :, :, ::1] y,             # OUT (N, K, P, Q)
-                   int64_t sh, int64_t sw, int64_t pt, int64_t pl,
-                   int64_t dh, int64_t dw, int64_t groups, int n_threads):
-    cdef int64_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef int64_t K = weight.shape[0], Cg = weight.shape[1]
-    cdef int64_t R = weight.shape[2], S = weight.shape[3]
-    cdef int64_t P = y.shape[2], Q = y.shape[3]
-    cdef int64_t Kg = K // groups
-    cdef int64_t blocks = (Kg + K_BLOCK - 1) // K_BLOCK
-    cdef int64_t task, n, g, b, k0, k_count
-    cdef const floating *xp = &x[0, 0, 0, 0]
-    cdef const floating *wp = &weight[0, 0, 0, 0]
-    cdef const floating *bp = &bias[0]
-    cdef floating *yp = &y[0, 0, 0, 0]
-    for task in prange(N * groups * blocks, schedule="static", nogil=True,
-                       num_threads=n_threads):
-        n = task // (groups * blocks)
-        g = (task // blocks) % groups
-        b = task % blocks
-        k0 = g * Kg + b * K_BLOCK
-        k_count = Kg - b * K_BLOCK
-        if k_count > K_BLOCK:
-            k_count = K_BLOCK
-        _forward_task(xp, wp, bp, yp, n, g, k0, k_count, C, H, W, K, Cg, R, S, P, Q,
-                      sh, sw, pt, pl, dh, dw)
-
-
-cdef void _grad_input_task(const floating *gy, const floating *w, floating *gx,
-                           int64_t n, int64_t c, int64_t C, int64_t H, int64_t W,
-                           int64_t K, int64_t Cg, int64_t Kg, int64_t R, int64_t S,
-                           int64_t P, int64_t Q, int64_t sh, int64_t sw,
-                           int64_t pt, int64_t pl, int64_t dh, int64_t dw) noexcept nogil:
-    """gx[n, c]: the transposed convolution of gy with the taps that read channel c."""
-    cdef int64_t g = c // Cg, cl = c % Cg
-    cdef int64_t k, p, r, s, ih, q_lo, q_hi, offset
-    cdef floating *plane = gx + (n * C + c) * H * W
-    cdef const floating *gyrow
-    memset(plane, 0, H * W * sizeof(floating))
-    for k in range(g * Kg, (g + 1) * Kg):
-        for p in range(P):
-            gyrow = gy + ((n * K + k) * P + p) * Q
-            for r in range(R):
-                ih = p * sh - pt + r * dh
-                if ih < 0 or ih >= H:
-                    continue
-                for s in range(S):
-                    offset = s * dw - pl
-                    _column_range(W, Q, sw, offset, &q_lo, &q_hi)
-                    _scatter_strided(plane + ih * W, gyrow,
-                                     w[((k * Cg + cl) * R + r) * S + s],
-                                     q_lo, q_hi, sw, offset)
-
-
-def grad_input_direct(const floating[:, :, :, ::1] grad_output,  # IN  (N, K, P, Q)
-                      const floating[:, :, :, ::1] weight,       # IN  (K, C/G, R, S)
-                      floating[:, :, :, ::1] grad_input,         # OUT (N, C, H, W)
-                      int64_t sh, int64_t sw, int64_t pt, int64_t pl,
-                      int64_t dh, int64_t dw, int64_t groups, int n_threads):
-    cdef int64_t N = grad_input.shape[0], C = grad_input.shape[1]
-    cdef int64_t H = grad_input.shape[2], W = grad_input.shape[3]
-    cdef int64_t K = weight.shape[0], Cg = weight.shape[1]
-    cdef int64_t R = weight.shape[2], S = weight.shape[3]
-    cdef int64_t P = grad_output.shape[2], Q = grad_output.shape[3]
-    cdef int64_t task
-    cdef const floating *gyp = &grad_output[0, 0, 0, 0]
-    cdef const floating *wp = &weight[0, 0, 0, 0]
-    cdef floating *gxp = &grad_input[0, 0, 0, 0]
-    for task in prange(N * C, schedule="static", nogil=True, num_threads=n_threads):
-        _grad_input_task(gyp, wp, gxp, task // C, task % C, C, H, W, K, Cg, K // groups,
-                         R, S, P, Q, sh, sw, pt, pl, dh, dw)
-
-
-cdef void _grad_weight_task(const floating *gy, const floating *x, floating *gw,
-                            floating *acc, int64_t k, int64_t N, int64_t C, int64_t H,
-                            int64_t W, int64_t K, int64_t Cg, int64_t Kg, int64_t R,
-                            int64_t S, int64_t P, int64_t Q, int64_t sh, int64_t sw,
-                            int64_t pt, int64_t pl, int64_t dh, int64_t dw) noexcept nogil:
-    """gw[k]: per (tap, column) partial sums over images and rows, then per tap."""
-    cdef int64_t g = k // Kg
-    cdef int64_t c, n, p, r, s, q, ih, q_lo, q_hi, offset
-    cdef const floating *gyrow
-    cdef const floating *xrow
-    cdef floating total
-    for c in range(Cg):
-        memset(acc, 0, R * S * Q * sizeof(floating))
-        for n in range(N):
-            for p in range(P):
-                gyrow = gy + ((n * K + k) * P + p) * Q
-                for r in range(R):
-                    ih = p * sh - pt + r * dh
-                    if ih < 0 or ih >= H:
-                        continue
-                    xrow = x + ((n * C + g * Cg + c) * H + ih) * W
-                    for s in range(S):
-                        offset = s * dw - pl
-                        _column_range(W, Q, sw, offset, &q_lo, &q_hi)
-                        _mul_strided(acc + (r * S + s) * Q, gyrow, xrow,
-                                     q_lo, q_hi, sw, offset)
-        for r in range(R * S):
-            total = 0
-            for q in range(Q):
-                total = total + acc[r * Q + q]
-            gw[(k * Cg + c) * R * S + r] = total
-
-
-def grad_weight_direct(const floating[:, :, :, ::1] grad_output,  # IN  (N, K, P, Q)
-                       const floating[:, :, :, ::1] x,            # IN  (N, C, H, W)
-                       floating[:, :, :, ::1] grad_weight,        # OUT (K, C/G, R, S)
-                       floating[:, ::1] scratch,                  # (n_threads, R*S*Q)
-                       int64_t sh, int64_t sw, int64_t pt, int64_t pl,
-                       int64_t dh, int64_t dw, int64_t groups, int n_threads):
-    cdef int64_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef int64_t K = grad_weight.shape[0], Cg = grad_weight.shape[1]
-    cdef int64_t R = grad_weight.shape[2], S = grad_weight.shape[3]
-    cdef int64_t P = grad_output.shape[2], Q = grad_output.shape[3]
-    cdef int64_t k
-    cdef const floating *gyp = &grad_output[0, 0, 0, 0]
-    cdef const floating *xp = &x[0, 0, 0, 0]
-    cdef floating *gwp = &grad_weight[0, 0, 0, 0]
-    for k in prange(K, schedule="static", nogil=True, num_threads=n_threads):
-        _grad_weight_task(gyp, xp, gwp, &scratch[omp_get_thread_num(), 0], k, N, C, H, W,
-                          K, Cg, K // groups, R, S, P, Q, sh, sw, pt, pl, dh, dw)
 
 
 def grad_bias(const floating[:, :, ::1] grad_output,  # IN  (N, K, P*Q)
@@ -319,3 +131,169 @@ def col2im(const floating[:, :, ::1] cols,  # IN     (N, C*R*S, rows*Q)
                         continue
                     _scatter_strided(xplane + ih * W, &cols[n, (c * R + r) * S + s, p * Q],
                                      <floating> 1, q_lo, q_hi, sw, offset)
+
+
+# ---- register-blocked direct kernels (see _direct.h) ----------------------
+
+cdef extern from "_direct.h" nogil:
+    enum:
+        CK_KB
+        CK_SLACK
+    ctypedef void (*ck_fwd_f32_t)(const float *, const float *, const int64_t *, int64_t,
+                                  int64_t, int64_t, int64_t, int64_t, int64_t, float *,
+                                  int64_t, float *, int64_t, int64_t, const float *)
+    ctypedef void (*ck_fwd_f64_t)(const double *, const double *, const int64_t *, int64_t,
+                                  int64_t, int64_t, int64_t, int64_t, int64_t, double *,
+                                  int64_t, double *, int64_t, int64_t, const double *)
+    ctypedef void (*ck_gw_f32_t)(const float *, int64_t, int64_t, const float *,
+                                 const int64_t *, int64_t, int64_t, float *, int64_t)
+    ctypedef void (*ck_gw_f64_t)(const double *, int64_t, int64_t, const double *,
+                                 const int64_t *, int64_t, int64_t, double *, int64_t)
+    ctypedef struct ck_kernels_t:
+        const char *isa
+        ck_fwd_f32_t fwd_f32
+        ck_fwd_f32_t fwd1_f32
+        ck_fwd_f64_t fwd_f64
+        ck_fwd_f64_t fwd1_f64
+        ck_gw_f32_t gw_f32
+        ck_gw_f64_t gw_f64
+    ck_kernels_t ck_kernels
+    void ck_select_kernels(const char *cap)
+
+import os as _os
+
+
+def _select_kernels():
+    """Pick the kernel variant for this CPU; CONVKIT_ISA=avx2|baseline caps it."""
+    cdef bytes cap = _os.environ.get("CONVKIT_ISA", "").strip().lower().encode()
+    ck_select_kernels(cap)
+
+
+_select_kernels()
+
+CHANNEL_BLOCK = CK_KB
+PLANE_SLACK = CK_SLACK
+
+
+def kernel_isa():
+    """Instruction set of the direct kernels chosen for this CPU at import."""
+    return ck_kernels.isa.decode()
+
+
+def pack_phases(const floating[:, :, :, ::1] x,  # IN  (N, C, H, W)
+                floating[:, :, :, ::1] out,      # OUT (N, C, sh*sw, plane_len)
+                int64_t sh, int64_t sw, int64_t pt, int64_t pl,
+                int64_t Hph, int64_t Wph, int n_threads):
+    """out[n, c, a*sw + b, i*Wph + j] = x[n, c, i*sh + a - pt, j*sw + b - pl], 0 outside.
+
+    Slack after each Hph*Wph plane is zeroed too. ``pt``/``pl`` may be
+    negative (a crop).
+    """
+    cdef int64_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef int64_t L = out.shape[3]
+    cdef int64_t task, a, b, i, j, h, col, j_lo, j_hi
+    cdef floating *plane
+    cdef const floating *xplane
+    for task in prange(N * C, schedule="static", nogil=True, num_threads=n_threads):
+        xplane = &x[task // C, task % C, 0, 0]
+        for a in range(sh):
+            for b in range(sw):
+                plane = &out[task // C, task % C, a * sw + b, 0]
+                _column_range(W, Wph, sw, b - pl, &j_lo, &j_hi)
+                for i in range(Hph):
+                    h = i * sh + a - pt
+                    if h < 0 or h >= H:
+                        memset(plane + i * Wph, 0, Wph * sizeof(floating))
+                        continue
+                    for j in range(j_lo):
+                        plane[i * Wph + j] = 0
+                    if sw == 1:
+                        for j in range(j_lo, j_hi):
+                            plane[i * Wph + j] = xplane[h * W + j + b - pl]
+                    else:
+                        for j in range(j_lo, j_hi):
+                            plane[i * Wph + j] = xplane[h * W + j * sw + b - pl]
+                    for j in range(j_hi, Wph):
+                        plane[i * Wph + j] = 0
+                memset(plane + Hph * Wph, 0, (L - Hph * Wph) * sizeof(floating))
+
+
+def forward_packed(const floating[:, :, :, ::1] xpk,      # IN  (N, C, phases, plane_len)
+                   const floating[:, :, :, :, ::1] wpk,   # IN  (G, blocks, C/G, R*S, kb)
+                   const int64_t[::1] tap_off,            # IN  (R*S,)
+                   const floating[::1] bias,              # IN  (K,)
+                   floating[:, :, :, ::1] y,              # OUT (N, K, P, Q)
+                   floating[:, ::1] scratch,              # (n_threads, kb * gstride)
+                   int64_t Wph, int n_threads):
+    """y = conv of the packed input with the packed weights (see _direct.h)."""
+    cdef int64_t N = xpk.shape[0], C = xpk.shape[1]
+    cdef int64_t chan_stride = xpk.shape[2] * xpk.shape[3]
+    cdef int64_t G = wpk.shape[0], blocks = wpk.shape[1], Cg = wpk.shape[2]
+    cdef int64_t RS = wpk.shape[3], kb = wpk.shape[4]
+    cdef int64_t K = y.shape[1], P = y.shape[2], Q = y.shape[3]
+    cdef int64_t Kg = K // G, gstride = scratch.shape[1] // kb
+    cdef int64_t task, n, g, blk, k0, kcount
+    cdef floating *grid
+    cdef ck_kernels_t kern = ck_kernels
+    for task in prange(N * G * blocks, schedule="static", nogil=True,
+                       num_threads=n_threads):
+        n = task // (G * blocks)
+        g = (task // blocks) % G
+        blk = task % blocks
+        k0 = blk * kb
+        kcount = Kg - k0
+        if kcount > kb:
+            kcount = kb
+        grid = &scratch[omp_get_thread_num(), 0]
+        if floating is float:
+            (kern.fwd_f32 if kb == CK_KB else kern.fwd1_f32)(
+                &xpk[n, g * Cg, 0, 0], &wpk[g, blk, 0, 0, 0], &tap_off[0], Cg, RS,
+                chan_stride, Wph, Q, P, grid, gstride, &y[n, g * Kg + k0, 0, 0], P * Q,
+                kcount, &bias[g * Kg + k0])
+        else:
+            (kern.fwd_f64 if kb == CK_KB else kern.fwd1_f64)(
+                &xpk[n, g * Cg, 0, 0], &wpk[g, blk, 0, 0, 0], &tap_off[0], Cg, RS,
+                chan_stride, Wph, Q, P, grid, gstride, &y[n, g * Kg + k0, 0, 0], P * Q,
+                kcount, &bias[g * Kg + k0])
+
+
+cdef enum:
+    GW_KB = 4
+
+
+def grad_weight_packed(const floating[:, :, ::1] gy_grid,   # IN  (N, K, P*Wph) zero at q >= Q
+                       const floating[:, :, :, ::1] xpk,    # IN  (N, C, phases, plane_len)
+                       const int64_t[::1] tap_off,          # IN  (R*S,)
+                       floating[:, :, ::1] gw,              # OUT (K, C/G, R*S)
+                       int64_t groups, int n_threads):
+    """gw[k, c, t] = sum over images and grid of gy_grid[n, k] * tap t of channel c.
+
+    One task per (block of GW_KB channels, input channel) sums every image in
+    order, so the result does not depend on the thread count.
+    """
+    cdef int64_t N = xpk.shape[0]
+    cdef int64_t chan_stride = xpk.shape[2] * xpk.shape[3]
+    cdef int64_t K = gw.shape[0], Cg = gw.shape[1], RS = gw.shape[2]
+    cdef int64_t grid_len = gy_grid.shape[2], Kg = K // groups
+    cdef int64_t blocks = (Kg + GW_KB - 1) // GW_KB
+    cdef int64_t task, g, blk, c, n, k0, kcount
+    cdef ck_kernels_t kern = ck_kernels
+    memset(&gw[0, 0, 0], 0, K * Cg * RS * sizeof(floating))
+    for task in prange(groups * blocks * Cg, schedule="static", nogil=True,
+                       num_threads=n_threads):
+        g = task // (blocks * Cg)
+        blk = (task // Cg) % blocks
+        c = task % Cg
+        k0 = g * Kg + blk * GW_KB
+        kcount = Kg - blk * GW_KB
+        if kcount > GW_KB:
+            kcount = GW_KB
+        for n in range(N):
+            if floating is float:
+                kern.gw_f32(&gy_grid[n, k0, 0], grid_len, kcount,
+                            &xpk[n, g * Cg + c, 0, 0], &tap_off[0], RS, grid_len,
+                            &gw[k0, c, 0], Cg * RS)
+            else:
+                kern.gw_f64(&gy_grid[n, k0, 0], grid_len, kcount,
+                            &xpk[n, g * Cg + c, 0, 0], &tap_off[0], RS, grid_len,
+                            &gw[k0, c, 0], Cg * RS)

@@ -1,0 +1,214 @@
+/* Register-blocked direct convolution micro-kernels, with runtime ISA dispatch.
+ *
+ * The caller packs each input channel into stride-phase planes: plane
+ * (a, b) holds padded_x[i*sh + a, j*sw + b] as a row-major Hph x Wph grid,
+ * zero outside the input, flattened, with zero slack at the end. Output
+ * (p, q) is then computed on the flat grid j = p*Wph + q, and every tap
+ * (r, s) of the kernel is one fixed offset into one phase plane, so stride,
+ * dilation and padding cost nothing inside the loops. Grid columns q >= Q
+ * are computed and thrown away (Wph - Q of every Wph).
+ *
+ * forward:     out[k][j]  = sum_c sum_t w[c][t][k] * plane(c, t)[j + off(t)]
+ * grad_weight: gw[k][c][t] = sum_j gy[k][j] * plane(c, t)[j + off(t)]
+ *
+ * The forward writes whole vectors into a per-thread grid buffer of KB rows
+ * (gstride elements apart, gstride >= P*Wph + the widest chunk) and then
+ * copies the Q valid columns of every row out, adding the bias.
+ *
+ * Each kernel holds a block of output channels times a few vectors of grid
+ * positions in registers. Variants for AVX-512, AVX2+FMA and the baseline
+ * ISA are compiled from one body with GCC/Clang vector extensions and picked
+ * once at run time, so a portable build still uses the machine's widest
+ * vector unit. Sums run in a fixed order, whatever the variant's width, for
+ * a given machine.
+ */
+#ifndef CONVKIT_DIRECT_H
+#define CONVKIT_DIRECT_H
+
+#include <stdint.h>
+#include <string.h>
+
+/* Output channels per forward block (the packed weight layout's last axis). */
+#define CK_KB 8
+/* Zero slack after each packed plane, in elements: covers over-reads of the
+ * widest vector chunk. */
+#define CK_SLACK 128
+
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#define CK_X86 1
+#else
+#define CK_X86 0
+#endif
+
+/* ---- forward ----------------------------------------------------------- */
+
+#define CK_DEFINE_FORWARD(NAME, T, VBYTES, KB, QB, ATTR)                              \
+    ATTR static void NAME(const T *x, const T *w, const int64_t *tap_off,              \
+                          int64_t Cg, int64_t RS, int64_t chan_stride,                 \
+                          int64_t Wph, int64_t Q, int64_t P, T *grid, int64_t gstride, \
+                          T *out, int64_t out_kstride, int64_t kcount,                 \
+                          const T *bias)                                               \
+    {                                                                                  \
+        typedef T V __attribute__((vector_size(VBYTES)));                              \
+        enum { VL = VBYTES / sizeof(T), QW = VL * QB };                                \
+        int64_t j0, c, t, kb, b, p, q, grid_len = P * Wph;                             \
+        for (j0 = 0; j0 < grid_len; j0 += QW) {                                        \
+            V acc[KB][QB];                                                             \
+            for (kb = 0; kb < KB; kb++)                                                \
+                for (b = 0; b < QB; b++)                                               \
+                    acc[kb][b] = (V){0};                                               \
+            for (c = 0; c < Cg; c++) {                                                 \
+                const T *xc = x + c * chan_stride + j0;                                \
+                const T *wc = w + c * RS * KB;                                         \
+                for (t = 0; t < RS; t++) {                                             \
+                    const T *xp = xc + tap_off[t];                                     \
+                    const T *wt = wc + t * KB;                                         \
+                    V xv[QB];                                                          \
+                    for (b = 0; b < QB; b++)                                           \
+                        memcpy(&xv[b], xp + b * VL, sizeof(V));                        \
+                    for (kb = 0; kb < KB; kb++)                                        \
+                        for (b = 0; b < QB; b++)                                       \
+                            acc[kb][b] += xv[b] * wt[kb];                              \
+                }                                                                      \
+            }                                                                          \
+            for (kb = 0; kb < KB; kb++)                                                \
+                memcpy(grid + kb * gstride + j0, acc[kb], sizeof(acc[kb]));            \
+        }                                                                              \
+        for (kb = 0; kb < kcount; kb++)                                                \
+            for (p = 0; p < P; p++) {                                                  \
+                const T *src = grid + kb * gstride + p * Wph;                          \
+                T *dst = out + kb * out_kstride + p * Q;                               \
+                for (q = 0; q < Q; q++)                                                \
+                    dst[q] = src[q] + bias[kb];                                        \
+            }                                                                          \
+    }
+
+/* ---- grad_weight ------------------------------------------------------- */
+
+/* gw[kb][t] += sum_j gy[kb][j] * x[off(t) + j] for KB2 channels and TB taps at
+ * a time; lanes are reduced at the end in a fixed order. The caller zeroes
+ * the grid columns q >= Q of gy so they contribute nothing. */
+#define CK_DEFINE_GRAD_WEIGHT(NAME, T, VBYTES, KB2, TB, ATTR)                          \
+    ATTR static void NAME(const T *gy, int64_t gy_kstride, int64_t kcount,             \
+                          const T *x, const int64_t *tap_off, int64_t RS,              \
+                          int64_t grid_len, T *gw, int64_t gw_kstride)                 \
+    {                                                                                  \
+        typedef T V __attribute__((vector_size(VBYTES)));                              \
+        enum { VL = VBYTES / sizeof(T) };                                              \
+        int64_t t0, kb, tb, j, l;                                                      \
+        int64_t full = grid_len - grid_len % VL;                                       \
+        for (t0 = 0; t0 < RS; t0 += TB) {                                              \
+            V acc[KB2][TB];                                                            \
+            T tail[KB2][TB];                                                           \
+            int64_t tcount = RS - t0 < TB ? RS - t0 : TB;                              \
+            for (kb = 0; kb < KB2; kb++)                                               \
+                for (tb = 0; tb < TB; tb++) {                                          \
+                    acc[kb][tb] = (V){0};                                              \
+                    tail[kb][tb] = 0;                                                  \
+                }                                                                      \
+            for (j = 0; j < full; j += VL) {                                           \
+                V gv[KB2], xv[TB];                                                     \
+                for (kb = 0; kb < KB2; kb++) {                                         \
+                    if (kb < kcount)                                                   \
+                        memcpy(&gv[kb], gy + kb * gy_kstride + j, sizeof(V));          \
+                    else                                                               \
+                        gv[kb] = (V){0};                                               \
+                }                                                                      \
+                for (tb = 0; tb < TB; tb++)                                            \
+                    memcpy(&xv[tb], x + tap_off[t0 + (tb < tcount ? tb : 0)] + j,      \
+                           sizeof(V));                                                 \
+                for (kb = 0; kb < KB2; kb++)                                           \
+                    for (tb = 0; tb < TB; tb++)                                        \
+                        acc[kb][tb] += gv[kb] * xv[tb];                                \
+            }                                                                          \
+            for (kb = 0; kb < kcount; kb++)                                            \
+                for (tb = 0; tb < tcount; tb++)                                        \
+                    for (j = full; j < grid_len; j++)                                  \
+                        tail[kb][tb] += gy[kb * gy_kstride + j] *                      \
+                                        x[tap_off[t0 + tb] + j];                       \
+            for (kb = 0; kb < kcount; kb++)                                            \
+                for (tb = 0; tb < tcount; tb++) {                                      \
+                    T lanes[VL], total = 0;                                            \
+                    memcpy(lanes, &acc[kb][tb], sizeof(lanes));                        \
+                    for (l = 0; l < VL; l++)                                           \
+                        total += lanes[l];                                             \
+                    gw[kb * gw_kstride + t0 + tb] += total + tail[kb][tb];             \
+                }                                                                      \
+        }                                                                              \
+    }
+
+#if CK_X86
+#define CK_AVX512 __attribute__((target("avx512f,avx2,fma")))
+#define CK_AVX2 __attribute__((target("avx2,fma")))
+#endif
+#define CK_BASE
+
+/* name, type, vector bytes, channel block, vectors per block, attribute */
+CK_DEFINE_FORWARD(ck_fwd_f32_base, float, 16, CK_KB, 2, CK_BASE)
+CK_DEFINE_FORWARD(ck_fwd_f64_base, double, 16, CK_KB, 2, CK_BASE)
+CK_DEFINE_FORWARD(ck_fwd1_f32_base, float, 16, 1, 4, CK_BASE)
+CK_DEFINE_FORWARD(ck_fwd1_f64_base, double, 16, 1, 4, CK_BASE)
+CK_DEFINE_GRAD_WEIGHT(ck_gw_f32_base, float, 16, 4, 3, CK_BASE)
+CK_DEFINE_GRAD_WEIGHT(ck_gw_f64_base, double, 16, 4, 3, CK_BASE)
+#if CK_X86
+CK_DEFINE_FORWARD(ck_fwd_f32_avx2, float, 32, CK_KB, 1, CK_AVX2)
+CK_DEFINE_FORWARD(ck_fwd_f64_avx2, double, 32, CK_KB, 1, CK_AVX2)
+CK_DEFINE_FORWARD(ck_fwd1_f32_avx2, float, 32, 1, 4, CK_AVX2)
+CK_DEFINE_FORWARD(ck_fwd1_f64_avx2, double, 32, 1, 4, CK_AVX2)
+CK_DEFINE_GRAD_WEIGHT(ck_gw_f32_avx2, float, 32, 4, 3, CK_AVX2)
+CK_DEFINE_GRAD_WEIGHT(ck_gw_f64_avx2, double, 32, 4, 3, CK_AVX2)
+CK_DEFINE_FORWARD(ck_fwd_f32_avx512, float, 64, CK_KB, 2, CK_AVX512)
+CK_DEFINE_FORWARD(ck_fwd_f64_avx512, double, 64, CK_KB, 2, CK_AVX512)
+CK_DEFINE_FORWARD(ck_fwd1_f32_avx512, float, 64, 1, 8, CK_AVX512)
+CK_DEFINE_FORWARD(ck_fwd1_f64_avx512, double, 64, 1, 8, CK_AVX512)
+CK_DEFINE_GRAD_WEIGHT(ck_gw_f32_avx512, float, 64, 4, 4, CK_AVX512)
+CK_DEFINE_GRAD_WEIGHT(ck_gw_f64_avx512, double, 64, 4, 4, CK_AVX512)
+#endif
+
+typedef void (*ck_fwd_f32_t)(const float *, const float *, const int64_t *, int64_t, int64_t,
+                             int64_t, int64_t, int64_t, int64_t, float *, int64_t, float *,
+                             int64_t, int64_t, const float *);
+typedef void (*ck_fwd_f64_t)(const double *, const double *, const int64_t *, int64_t,
+                             int64_t, int64_t, int64_t, int64_t, int64_t, double *, int64_t,
+                             double *, int64_t, int64_t, const double *);
+typedef void (*ck_gw_f32_t)(const float *, int64_t, int64_t, const float *, const int64_t *,
+                            int64_t, int64_t, float *, int64_t);
+typedef void (*ck_gw_f64_t)(const double *, int64_t, int64_t, const double *, const int64_t *,
+                            int64_t, int64_t, double *, int64_t);
+
+typedef struct {
+    const char *isa;
+    ck_fwd_f32_t fwd_f32, fwd1_f32;
+    ck_fwd_f64_t fwd_f64, fwd1_f64;
+    ck_gw_f32_t gw_f32;
+    ck_gw_f64_t gw_f64;
+} ck_kernels_t;
+
+static ck_kernels_t ck_kernels = {
+    "baseline", ck_fwd_f32_base, ck_fwd1_f32_base, ck_fwd_f64_base, ck_fwd1_f64_base,
+    ck_gw_f32_base, ck_gw_f64_base};
+
+/* Pick the widest variant this CPU runs; CONVKIT_ISA=avx2|baseline caps it. */
+static void ck_select_kernels(const char *cap)
+{
+#if CK_X86
+    int allow512 = !(cap && (strcmp(cap, "avx2") == 0 || strcmp(cap, "baseline") == 0));
+    int allow2 = !(cap && strcmp(cap, "baseline") == 0);
+    __builtin_cpu_init();
+    if (allow512 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") &&
+        __builtin_cpu_supports("fma")) {
+        ck_kernels_t k = {"avx512f", ck_fwd_f32_avx512, ck_fwd1_f32_avx512,
+                          ck_fwd_f64_avx512, ck_fwd1_f64_avx512, ck_gw_f32_avx512,
+                          ck_gw_f64_avx512};
+        ck_kernels = k;
+    } else if (allow2 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+        ck_kernels_t k = {"avx2", ck_fwd_f32_avx2, ck_fwd1_f32_avx2, ck_fwd_f64_avx2,
+                          ck_fwd1_f64_avx2, ck_gw_f32_avx2, ck_gw_f64_avx2};
+        ck_kernels = k;
+    }
+#else
+    (void)cap;
+#endif
+}
+
+#endif
