@@ -1,6 +1,6 @@
 """Hypothesis-generated invalid arguments: each raises ValueError or TypeError naming it.
 
-The property tests run in a child pytest process started by
+The properties become tests only in a child pytest process started by
 ``test_invalid_arguments_in_subprocess``, so that a crash of the interpreter
 (a segfault in a kernel fed a bad size) fails that test instead of killing
 the whole run. Each property starts from a valid call and breaks exactly one
@@ -21,8 +21,6 @@ import convkit
 
 CHILD_ENV = "CONVKIT_INVALID_ARGS_CHILD"
 IN_CHILD = os.environ.get(CHILD_ENV) == "1"
-child_only = pytest.mark.skipif(not IN_CHILD, reason="runs in the child process of "
-                                "test_invalid_arguments_in_subprocess")
 
 HUGE = st.integers(min_value=2**63, max_value=2**80)
 NOT_A_NUMBER = st.one_of(
@@ -116,19 +114,17 @@ def conv_corruptions():
     )
 
 
-@child_only
 @given(conv_corruptions(), st.booleans())
-def test_conv2d_rejects(corruption, with_bias):
+def conv2d_rejects(corruption, with_bias):
     name, value, names = corruption
     kwargs = {"x": X, "weight": WEIGHT, "bias": BIAS if with_bias else None, **CONV,
               "method": "auto", name: value}
     check_rejected(convkit.conv2d, (), kwargs, names)
 
 
-@child_only
 @given(st.one_of(st.sampled_from([np.zeros((4, 1)), np.zeros(5),
                                   np.zeros(4, np.float32), np.zeros(4, np.int64), "bias"])))
-def test_conv2d_rejects_bias(bias):
+def conv2d_rejects_bias(bias):
     check_rejected(convkit.conv2d, (X, WEIGHT, bias), CONV, ("bias",))
 
 
@@ -147,9 +143,8 @@ def backward_corruptions():
     )
 
 
-@child_only
 @given(backward_corruptions())
-def test_conv2d_backward_rejects(corruption):
+def conv2d_backward_rejects(corruption):
     name, value, names = corruption
     kwargs = {"grad_output": np.zeros(Y_SHAPE), "x": X, "weight": WEIGHT, **CONV,
               "method": "auto", name: value}
@@ -160,14 +155,13 @@ def test_conv2d_backward_rejects(corruption):
     check_rejected(convkit.conv2d_backward, (), kwargs, names)
 
 
-@child_only
 @given(st.one_of(
     window_arguments(("kernel_size",)).map(lambda item: (*item, (item[0], "kernel", "64-bit"))),
     st.tuples(st.just("x"), bad_arrays(X, "x").filter(lambda v: not (
         isinstance(v, np.ndarray) and v.dtype == np.float32 and v.ndim == 4)), st.just(("x",))),
     st.tuples(st.just("kernel_size"), st.sampled_from([9, (9, 1), (1, 9)]), st.just(("kernel",))),
 ))
-def test_im2col_rejects(corruption):
+def im2col_rejects(corruption):
     name, value, names = corruption
     kwargs = {"x": X, "kernel_size": 3, "stride": 1, "padding": 1, "dilation": 1, name: value}
     check_rejected(convkit.im2col, (), kwargs, names)
@@ -176,7 +170,6 @@ def test_im2col_rejects(corruption):
 COLS = np.zeros((2, 4 * 9, 36))
 
 
-@child_only
 @given(st.one_of(
     window_arguments(("kernel_size",)).map(
         lambda item: (*item, (item[0], "kernel", "64-bit", "cols"))),
@@ -191,14 +184,17 @@ COLS = np.zeros((2, 4 * 9, 36))
                                    (2, 4, None, 6), (True, 4, 6, 6), 4, None, "NCHW"])),
               st.just(("input_shape", "cols"))),
 ))
-def test_col2im_rejects(corruption):
+def col2im_rejects(corruption):
     name, value, names = corruption
     kwargs = {"cols": COLS, "input_shape": (2, 4, 6, 6), "kernel_size": 3, "stride": 1,
               "padding": 1, "dilation": 1, name: value}
     check_rejected(convkit.col2im, (), kwargs, names)
 
 
-CHILD_TESTS = [name for name in list(globals()) if name.startswith("test_") and "rejects" in name]
+PROPERTIES = [conv2d_rejects, conv2d_rejects_bias, conv2d_backward_rejects, im2col_rejects,
+              col2im_rejects]
+if IN_CHILD:
+    globals().update({f"test_{prop.__name__}": prop for prop in PROPERTIES})
 
 
 @pytest.mark.skipif(IN_CHILD, reason="the parent test itself")
@@ -213,4 +209,4 @@ def test_invalid_arguments_in_subprocess(request):
     output = result.stdout[-8000:] + result.stderr[-4000:]
     assert result.returncode == 0, f"child pytest exited with {result.returncode}:\n{output}"
     passed = re.search(r"(\d+) passed", result.stdout)
-    assert passed and int(passed.group(1)) == len(CHILD_TESTS), output
+    assert passed and int(passed.group(1)) == len(PROPERTIES), output
