@@ -7,13 +7,13 @@ The example budget comes from the hypothesis profile (tests/conftest.py):
 import contextlib
 
 import numpy as np
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import convkit
 from _helpers import assert_close, check_unmodified, layouts
 from convkit import reference
-from convkit._validation import effective_kernel
+from convkit._validation import effective_kernel, pool_geometry
 
 LAYOUT_NAMES = [name for name, _ in layouts(np.zeros((1, 1, 1, 1)))]
 DTYPES = [np.float32, np.float64]
@@ -200,3 +200,119 @@ def test_col2im_matches_reference(config):
     assert_close(x, expected, kind="grad", err_msg=str(config))
     _check_inputs({"cols": cols}, copies)
     _check_fresh([x], {"cols": cols})
+
+
+@st.composite
+def pool_configs(draw, with_dilation):
+    """Pooling geometry: explicit padding at most half the kernel, stride None or given."""
+    kernel = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+    half = (kernel[0] // 2, kernel[1] // 2)
+    kind = draw(st.sampled_from(["int", "pair", "pairs", "same", "valid"]))
+    if kind in ("same", "valid"):
+        padding, pads = draw(st.sampled_from([kind, kind.upper()])), None
+    elif kind == "int":
+        padding = draw(st.integers(0, min(half)))
+        pads = ((padding, padding), (padding, padding))
+    elif kind == "pair":
+        ph, pw = draw(st.integers(0, half[0])), draw(st.integers(0, half[1]))
+        padding, pads = (ph, pw), ((ph, ph), (pw, pw))
+    else:
+        pads = tuple(tuple(draw(st.integers(0, half[axis])) for _ in range(2))
+                     for axis in range(2))
+        padding = pads
+    dilation = draw(small_pairs(1, 3)) if with_dilation else 1
+    same = kind == "same"
+    zero = ((0, 0), (0, 0))
+    H = _input_size(draw, kernel[0], _as_pair(dilation)[0], (pads or zero)[0], same)
+    W = _input_size(draw, kernel[1], _as_pair(dilation)[1], (pads or zero)[1], same)
+    config = {
+        "N": draw(st.integers(0, 2)), "C": draw(st.integers(1, 3)), "H": H, "W": W,
+        "kernel_size": kernel, "stride": draw(st.one_of(st.none(), small_pairs(1, 3))),
+        "padding": padding, "ceil_mode": draw(st.booleans()),
+        "dtype": draw(st.sampled_from(DTYPES)), "layout": draw(st.sampled_from(LAYOUT_NAMES)),
+        "seed": draw(st.integers(0, 2**32 - 1)),
+    }
+    if with_dilation:
+        config["dilation"] = dilation
+    else:
+        config["count_include_pad"] = draw(st.booleans())
+    try:
+        pool_geometry((config["N"], config["C"], H, W), kernel, config["stride"], padding,
+                      dilation, config["ceil_mode"])
+    except ValueError:
+        # e.g. a dilated window whose taps all fall in the padding: refused by design.
+        assume(False)
+    return config
+
+
+POOL_KEYS = ("kernel_size", "stride", "padding", "ceil_mode", "dilation", "count_include_pad")
+
+
+def _pool_args(config):
+    return {name: config[name] for name in POOL_KEYS if name in config}
+
+
+def _pool_input(config, rng):
+    values = rng.standard_normal((config["N"], config["C"], config["H"], config["W"]))
+    if values.size and rng.random() < 0.2:
+        values.reshape(-1)[rng.integers(values.size)] = np.nan
+    return dict(layouts(values.astype(config["dtype"])))[config["layout"]]
+
+
+@given(pool_configs(with_dilation=True), st.booleans())
+def test_max_pool2d_matches_reference(config, return_indices):
+    x = _pool_input(config, np.random.default_rng(config["seed"]))
+    copies = _snapshot({"x": x})
+    out = convkit.max_pool2d(x, **_pool_args(config), return_indices=return_indices)
+    expected = reference.max_pool2d(x, **_pool_args(config), return_indices=True)
+    if return_indices:
+        y, indices = out
+        np.testing.assert_array_equal(indices, expected[1], err_msg=str(config))
+        assert indices.dtype == np.int64
+    else:
+        y = out
+    np.testing.assert_array_equal(y, expected[0], err_msg=str(config))
+    assert y.dtype == x.dtype
+    _check_inputs({"x": x}, copies)
+    _check_fresh(out if return_indices else [y], {"x": x})
+
+
+@given(pool_configs(with_dilation=True))
+def test_max_pool2d_backward_matches_reference(config):
+    rng = np.random.default_rng(config["seed"])
+    x = _pool_input(config, rng)
+    _, indices = reference.max_pool2d(x, **_pool_args(config), return_indices=True)
+    grad_output = _array(rng, indices.shape, config)
+    indices = dict(layouts(indices))[config["layout"]]
+    inputs = {"grad_output": grad_output, "indices": indices}
+    copies = _snapshot(inputs)
+    grad_input = convkit.max_pool2d_backward(grad_output, indices, x.shape)
+    expected = reference.max_pool2d_backward(grad_output, indices, x.shape)
+    assert_close(grad_input, expected, kind="grad", err_msg=str(config))
+    _check_inputs(inputs, copies)
+    _check_fresh([grad_input], inputs)
+
+
+@given(pool_configs(with_dilation=False))
+def test_avg_pool2d_matches_reference(config):
+    rng = np.random.default_rng(config["seed"])
+    x = _array(rng, (config["N"], config["C"], config["H"], config["W"]), config)
+    copies = _snapshot({"x": x})
+    y = convkit.avg_pool2d(x, **_pool_args(config))
+    assert_close(y, reference.avg_pool2d(x, **_pool_args(config)), err_msg=str(config))
+    _check_inputs({"x": x}, copies)
+    _check_fresh([y], {"x": x})
+
+
+@given(pool_configs(with_dilation=False))
+def test_avg_pool2d_backward_matches_reference(config):
+    rng = np.random.default_rng(config["seed"])
+    input_shape = (config["N"], config["C"], config["H"], config["W"])
+    out_shape = reference.avg_pool2d(np.zeros(input_shape), **_pool_args(config)).shape
+    grad_output = _array(rng, out_shape, config)
+    copies = _snapshot({"grad_output": grad_output})
+    grad_input = convkit.avg_pool2d_backward(grad_output, input_shape, **_pool_args(config))
+    expected = reference.avg_pool2d_backward(grad_output, input_shape, **_pool_args(config))
+    assert_close(grad_input, expected, kind="grad", err_msg=str(config))
+    _check_inputs({"grad_output": grad_output}, copies)
+    _check_fresh([grad_input], {"grad_output": grad_output})
