@@ -23,22 +23,29 @@ ctypedef fused floating:
     double
 
 
-cdef inline void _column_range(int64_t W, int64_t Q, int64_t stride, int64_t offset,
-                               int64_t *q_lo, int64_t *q_hi) noexcept nogil:
-    """Output columns q whose input column q*stride + offset lies in [0, W)."""
-    cdef int64_t lo = 0, hi
-    if offset < 0:
-        lo = (-offset + stride - 1) // stride
+# The valid columns of a row are [_first_column, _end_column): output columns q
+# whose input column q*stride + offset lies in [0, W). Both are returned, not
+# written through pointers, so that inside prange the variables they are
+# assigned to are thread-private.
+cdef inline int64_t _first_column(int64_t Q, int64_t stride, int64_t offset) noexcept nogil:
+    cdef int64_t lo
+    if offset >= 0:
+        return 0
+    lo = (-offset + stride - 1) // stride
+    return Q if lo > Q else lo
+
+
+cdef inline int64_t _max(int64_t a, int64_t b) noexcept nogil:
+    return a if a > b else b
+
+
+cdef inline int64_t _end_column(int64_t W, int64_t Q, int64_t stride,
+                                int64_t offset) noexcept nogil:
+    cdef int64_t hi
     if W - 1 - offset < 0:
-        hi = 0
-    else:
-        hi = (W - 1 - offset) // stride + 1
-    if hi > Q:
-        hi = Q
-    if lo > hi:
-        lo = hi
-    q_lo[0] = lo
-    q_hi[0] = hi
+        return 0
+    hi = (W - 1 - offset) // stride + 1
+    return Q if hi > Q else hi
 
 
 cdef inline void _scatter_strided(floating *out, const floating *src, floating a,
@@ -88,7 +95,8 @@ def im2col(const floating[:, :, :, ::1] x,  # IN  (N, C, H, W)
         for r in range(R):
             for s in range(S):
                 offset = s * dw - pl
-                _column_range(W, Q, sw, offset, &q_lo, &q_hi)
+                q_lo = _first_column(Q, sw, offset)
+                q_hi = _max(_end_column(W, Q, sw, offset), q_lo)
                 for p in range(rows):
                     out = &cols[n, (c * R + r) * S + s, p * Q]
                     ih = (p0 + p) * sh - pt + r * dh
@@ -124,7 +132,8 @@ def col2im(const floating[:, :, ::1] cols,  # IN     (N, C*R*S, rows*Q)
         for r in range(R):
             for s in range(S):
                 offset = s * dw - pl
-                _column_range(W, Q, sw, offset, &q_lo, &q_hi)
+                q_lo = _first_column(Q, sw, offset)
+                q_hi = _max(_end_column(W, Q, sw, offset), q_lo)
                 for p in range(rows):
                     ih = (p0 + p) * sh - pt + r * dh
                     if ih < 0 or ih >= H:
@@ -191,7 +200,7 @@ def pack_phases(const floating[:, :, :, ::1] x,  # IN  (N, C, H, W)
     """
     cdef int64_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef int64_t L = out.shape[3]
-    cdef int64_t task, a, b, i, j, h, col, j_lo, j_hi
+    cdef int64_t task, a, b, i, j, h, j_lo, j_hi
     cdef floating *plane
     cdef const floating *xplane
     for task in prange(N * C, schedule="static", nogil=True, num_threads=n_threads):
@@ -199,7 +208,8 @@ def pack_phases(const floating[:, :, :, ::1] x,  # IN  (N, C, H, W)
         for a in range(sh):
             for b in range(sw):
                 plane = &out[task // C, task % C, a * sw + b, 0]
-                _column_range(W, Wph, sw, b - pl, &j_lo, &j_hi)
+                j_lo = _first_column(Wph, sw, b - pl)
+                j_hi = _max(_end_column(W, Wph, sw, b - pl), j_lo)
                 for i in range(Hph):
                     h = i * sh + a - pt
                     if h < 0 or h >= H:
