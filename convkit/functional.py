@@ -75,9 +75,11 @@ def _choose_method(g, op):
     (a GEMM of a few rows) and for large stride-1 feature maps, where im2col's
     R*S-times larger column matrix costs more than the arithmetic.
     """
+    if g.is_pointwise:
+        return "im2col"
     if g.K_per_group < 8:
         return "direct"
-    if g.is_pointwise or g.stride != (1, 1):
+    if g.stride != (1, 1):
         return "im2col"
     if op == "forward":
         return "im2col" if g.C_per_group == 1 else "direct"
