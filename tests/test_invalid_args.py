@@ -30,9 +30,9 @@ BAD_DTYPES = st.sampled_from([np.int8, np.int64, np.uint8, np.float16, np.comple
                               np.bool_, object, "U1"])
 
 
-def bad_positive_pairs():
+def bad_positive_pairs(huge=True):
     """Invalid stride, dilation or kernel_size: not >= 1, beyond int64, not an int pair."""
-    bad = st.one_of(st.integers(max_value=0), HUGE)
+    bad = st.one_of(st.integers(max_value=0), HUGE) if huge else st.integers(max_value=0)
     one = st.integers(1, 2)
     wrong_length = st.lists(one, max_size=4).filter(lambda v: len(v) != 2).map(tuple)
     return st.one_of(bad, st.tuples(bad, one), st.tuples(one, bad), NOT_A_NUMBER,
@@ -65,11 +65,11 @@ def bad_arrays(valid, name):
     )
 
 
-def window_arguments(extra_names=()):
+def window_arguments(extra_names=(), dilation=True, huge=True):
     """(argument, invalid value) for stride, padding and dilation (plus ``extra_names``)."""
-    strategies = [st.tuples(st.just("stride"), bad_positive_pairs()),
-                  st.tuples(st.just("dilation"), bad_positive_pairs()),
-                  st.tuples(st.just("padding"), bad_paddings())]
+    names = ("stride", "dilation") if dilation else ("stride",)
+    strategies = [st.tuples(st.just(name), bad_positive_pairs(huge)) for name in names]
+    strategies.append(st.tuples(st.just("padding"), bad_paddings()))
     strategies += [st.tuples(st.just(name), bad_positive_pairs()) for name in extra_names]
     return st.one_of(strategies)
 
@@ -191,8 +191,97 @@ def col2im_rejects(corruption):
     check_rejected(convkit.col2im, (), kwargs, names)
 
 
+POOL_X = RNG.standard_normal((2, 3, 6, 6))
+POOL = {"kernel_size": 3, "stride": 2, "padding": 1}
+POOL_Y_SHAPE = (2, 3, 3, 3)
+NOT_A_BOOL = st.one_of(st.integers(), st.text(max_size=3), st.none(), st.floats())
+BAD_INPUT_SHAPES = st.one_of(
+    st.lists(st.integers(1, 6), max_size=6).filter(lambda v: len(v) != 4).map(tuple),
+    st.sampled_from([(2, 3, 6.5, 6), (2.0, 3, 6, 6), (2, "3", 6, 6), (2, 3, None, 6), 4, None,
+                     "NCHW", (2, 3, 0, 6), (2, 3, 6, -1)]))
+
+
+def pool_corruptions(dilation):
+    """Pooling arguments broken one at a time; huge strides and dilations are refused by
+    tests/test_memory.py (test_pooling_refuses_int64_overflow)."""
+    return st.one_of(
+        window_arguments(("kernel_size",), dilation=dilation, huge=False).filter(
+            lambda item: item != ("stride", None)).map(lambda item: (*item, (item[0], "kernel"))),
+        st.tuples(st.just("padding"), st.sampled_from([2, (0, 2), ((0, 2), (0, 0))]),
+                  st.just(("padding",))),
+        st.tuples(st.just("kernel_size"), st.sampled_from([9, (9, 1), (1, 9)]),
+                  st.just(("kernel",))),
+        st.tuples(st.just("ceil_mode"), NOT_A_BOOL, st.just(("ceil_mode",))),
+        st.tuples(st.just("x"), bad_arrays(POOL_X, "x").filter(lambda v: not (
+            isinstance(v, np.ndarray) and v.dtype == np.float32 and v.ndim == 4)),
+            st.just(("x",))),
+        st.tuples(st.just("x"), st.just(np.zeros((2, 3, 0, 6))), st.just(("x",))),
+    )
+
+
+@given(st.one_of(pool_corruptions(dilation=True),
+                 st.tuples(st.just("return_indices"), NOT_A_BOOL, st.just(("return_indices",)))))
+def max_pool2d_rejects(corruption):
+    name, value, names = corruption
+    kwargs = {"x": POOL_X, **POOL, "dilation": 1, "return_indices": False, name: value}
+    check_rejected(convkit.max_pool2d, (), kwargs, names)
+
+
+@given(st.one_of(pool_corruptions(dilation=False),
+                 st.tuples(st.just("count_include_pad"), NOT_A_BOOL,
+                           st.just(("count_include_pad",)))))
+def avg_pool2d_rejects(corruption):
+    name, value, names = corruption
+    kwargs = {"x": POOL_X, **POOL, "count_include_pad": True, name: value}
+    check_rejected(convkit.avg_pool2d, (), kwargs, names)
+
+
+_, POOL_INDICES = convkit.max_pool2d(POOL_X, **POOL, return_indices=True)
+
+
+@given(st.one_of(
+    st.tuples(st.just("grad_output"), bad_arrays(np.zeros(POOL_Y_SHAPE), "grad_output").filter(
+        lambda v: not (isinstance(v, np.ndarray) and v.dtype == np.float32 and v.ndim == 4)),
+        st.just(("grad_output", "indices"))),
+    st.tuples(st.just("indices"), st.one_of(
+        BAD_DTYPES.filter(lambda dtype: dtype != np.int64).map(POOL_INDICES.astype),
+        st.sampled_from([POOL_INDICES.tolist(), POOL_INDICES[:1], POOL_INDICES.reshape(2, 3, 9),
+                         POOL_INDICES.astype(np.int32), POOL_INDICES - 100, POOL_INDICES + 36])),
+        st.just(("indices",))),
+    st.tuples(st.just("input_shape"),
+              st.one_of(BAD_INPUT_SHAPES, st.sampled_from([(1, 3, 6, 6), (2, 2, 6, 6)])),
+              st.just(("input_shape",))),
+))
+def max_pool2d_backward_rejects(corruption):
+    name, value, names = corruption
+    kwargs = {"grad_output": np.zeros(POOL_Y_SHAPE), "indices": POOL_INDICES,
+              "input_shape": POOL_X.shape, name: value}
+    check_rejected(convkit.max_pool2d_backward, (), kwargs, names)
+
+
+@given(st.one_of(
+    pool_corruptions(dilation=False).filter(lambda item: item[0] != "x"),
+    st.tuples(st.just("count_include_pad"), NOT_A_BOOL, st.just(("count_include_pad",))),
+    st.tuples(st.just("grad_output"), st.one_of(
+        bad_arrays(np.zeros(POOL_Y_SHAPE), "grad_output").filter(lambda v: not (
+            isinstance(v, np.ndarray) and v.dtype == np.float32 and v.ndim == 4)),
+        st.sampled_from([np.zeros((2, 3, 3, 4)), np.zeros((2, 3, 2, 3))])),
+        st.just(("grad_output",))),
+    st.tuples(st.just("input_shape"), BAD_INPUT_SHAPES, st.just(("input_shape",))),
+))
+def avg_pool2d_backward_rejects(corruption):
+    name, value, names = corruption
+    if name in POOL:
+        # A geometry broken into a valid one no longer matches grad_output.
+        names = names + ("grad_output",)
+    kwargs = {"grad_output": np.zeros(POOL_Y_SHAPE), "input_shape": POOL_X.shape, **POOL,
+              "count_include_pad": True, name: value}
+    check_rejected(convkit.avg_pool2d_backward, (), kwargs, names)
+
+
 PROPERTIES = [conv2d_rejects, conv2d_rejects_bias, conv2d_backward_rejects, im2col_rejects,
-              col2im_rejects]
+              col2im_rejects, max_pool2d_rejects, avg_pool2d_rejects,
+              max_pool2d_backward_rejects, avg_pool2d_backward_rejects]
 if IN_CHILD:
     globals().update({f"test_{prop.__name__}": prop for prop in PROPERTIES})
 
