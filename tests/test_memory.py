@@ -33,6 +33,8 @@ RSS_SCRIPT = textwrap.dedent("""
     bias = rng.standard_normal(4)
     grad_y = rng.standard_normal((2, 4, 8, 8))
     cols = convkit.im2col(x, 3, padding=1)
+    pooled, indices = convkit.max_pool2d(x, 3, stride=2, padding=1, return_indices=True)
+    grad_pooled = rng.standard_normal(pooled.shape)
     kernels = {
         "conv2d direct": lambda: convkit.conv2d(x, weight, bias, padding=1, method="direct"),
         "conv2d im2col": lambda: convkit.conv2d(x, weight, bias, padding=1, method="im2col"),
@@ -42,6 +44,13 @@ RSS_SCRIPT = textwrap.dedent("""
             grad_y, x, weight, padding=1, method="im2col"),
         "im2col": lambda: convkit.im2col(x, 3, padding=1),
         "col2im": lambda: convkit.col2im(cols, x.shape, 3, padding=1),
+        "max_pool2d": lambda: convkit.max_pool2d(x, 3, stride=2, padding=1,
+                                                 return_indices=True),
+        "max_pool2d_backward": lambda: convkit.max_pool2d_backward(grad_pooled, indices,
+                                                                   x.shape),
+        "avg_pool2d": lambda: convkit.avg_pool2d(x, 3, stride=2, padding=1),
+        "avg_pool2d_backward": lambda: convkit.avg_pool2d_backward(grad_pooled, x.shape, 3,
+                                                                   stride=2, padding=1),
     }
     calls = int(sys.argv[1])
     result = {}
@@ -68,7 +77,9 @@ def rss_growth():
 @pytest.mark.skipif("libasan" in os.environ.get("LD_PRELOAD", ""),
                     reason="AddressSanitizer's quarantine holds freed memory: RSS grows")
 @pytest.mark.parametrize("kernel", ["conv2d direct", "conv2d im2col", "conv2d_backward direct",
-                                    "conv2d_backward im2col", "im2col", "col2im"])
+                                    "conv2d_backward im2col", "im2col", "col2im",
+                                    "max_pool2d", "max_pool2d_backward", "avg_pool2d",
+                                    "avg_pool2d_backward"])
 def test_rss_flat_over_10000_calls(rss_growth, kernel):
     before, after = rss_growth[kernel]
     assert after - before <= RSS_BOUND, (
@@ -141,7 +152,10 @@ WEIGHT = np.ones((1, 1, 3, 3))
     lambda: convkit.conv2d(X, WEIGHT, padding=2**31),
     lambda: convkit.conv2d_backward(np.ones((1, 1, 1, 1)), X, WEIGHT, stride=(2**63, 1)),
     lambda: convkit.im2col(X, 1, padding=((0, 0), (2**62, 2**62))),
-], ids=["stride", "dilation", "padded size", "output", "backward stride", "im2col"])
+    lambda: convkit.max_pool2d_backward(np.ones((1, 1, 1, 1)), np.zeros((1, 1, 1, 1), np.int64),
+                                        (1, 1, 2**32, 2**32)),
+], ids=["stride", "dilation", "padded size", "output", "backward stride", "im2col",
+        "max_pool2d_backward"])
 def test_refuses_int64_overflow(call):
     with pytest.raises(ValueError, match="64-bit"):
         call()
@@ -153,10 +167,35 @@ def test_refuses_int64_overflow(call):
                            padding=((0, 0), (0, 10**7)), method="im2col"),
     lambda: convkit.im2col(X, 1, padding=10**6),
     lambda: convkit.col2im(np.ones((1, 1, 1)), (1, 1, 10**15, 1), 1, stride=10**15),
-], ids=["conv2d output", "im2col workspace", "im2col output", "col2im output"])
+    lambda: convkit.max_pool2d_backward(np.ones((1, 1, 1, 1)), np.zeros((1, 1, 1, 1), np.int64),
+                                        (1, 1, 10**6, 10**6)),
+], ids=["conv2d output", "im2col workspace", "im2col output", "col2im output",
+        "max_pool2d_backward"])
 def test_refuses_more_than_physical_memory(call):
     with pytest.raises(MemoryError, match="memory of this machine"):
         call()
+
+
+@pytest.mark.xfail(strict=True, raises=OverflowError, reason=(
+    "convkit/_validation.py _windows_without_input multiplies np.arange(count) by the stride "
+    "and dilation before any size check: OverflowError, not a clear ValueError"))
+@pytest.mark.parametrize("call", [
+    lambda: convkit.max_pool2d(X, 2, stride=2**64),
+    lambda: convkit.max_pool2d(X, 1, dilation=2**63),
+    lambda: convkit.avg_pool2d(X, 2, stride=(1, 2**64)),
+], ids=["max_pool2d stride", "max_pool2d dilation", "avg_pool2d stride"])
+def test_pooling_refuses_int64_overflow(call):
+    with pytest.raises(ValueError, match="64-bit"):
+        call()
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "convkit/_pooling.py avg_pool2d_backward builds (P,) window counts with np.arange before "
+    "checking grad_output's shape and the size guard: a huge input_shape allocates first"))
+def test_avg_pool2d_backward_checks_sizes_before_allocating():
+    with pytest.raises((ValueError, MemoryError)) as info:
+        convkit.avg_pool2d_backward(np.ones((1, 1, 1, 1)), (1, 1, 10**13, 1), 1)
+    assert "Unable to allocate" not in str(info.value), "NumPy, not convkit, refused it"
 
 
 def test_memory_guard_counts_outputs_and_workspace(monkeypatch):
