@@ -331,13 +331,7 @@ def test_nan_in_grad_output_propagates(method):
         assert_close(actual, wanted, kind="grad")
 
 
-@pytest.mark.parametrize("method", [
-    pytest.param("direct", marks=pytest.mark.xfail(
-        strict=True, reason="kernel bug: the direct kernel skips padding taps instead of "
-                            "multiplying by zero, so inf * padding gives inf, not NaN "
-                            "(im2col, the reference and torch give NaN)")),
-    "im2col",
-])
+@pytest.mark.parametrize("method", ["direct", "im2col"])
 def test_inf_weight_times_zero_padding_is_nan(method):
     # Padding is zeros, so an infinite weight tap over the padding contributes
     # 0 * inf = NaN, exactly as torch.nn.functional.conv2d computes it.

@@ -1,0 +1,262 @@
+"""Thread-count API, the OMP_NUM_THREADS default, determinism across thread
+counts, and show_config."""
+
+import io
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+
+import numpy as np
+import pytest
+
+import convkit
+from convkit import _threads
+from convkit._lib import _openmp
+
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+needs_openmp = pytest.mark.skipif(not _openmp.openmp_enabled(),
+                                  reason="built without OpenMP: always one thread")
+
+
+@pytest.fixture(autouse=True)
+def restore_thread_default():
+    previous = _threads._default
+    yield
+    _threads._default = previous
+
+
+def _run_python(source, env_update=None):
+    """Run ``source`` in a fresh interpreter (crashes stay out of this process)."""
+    env = dict(os.environ)
+    env.pop("OMP_NUM_THREADS", None)
+    env.update(env_update or {})
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(source)], env=env,
+                          cwd=TESTS_DIR, capture_output=True, text=True, timeout=120)
+
+
+@needs_openmp
+def test_set_and_get_num_threads():
+    convkit.set_num_threads(3)
+    assert convkit.get_num_threads() == 3
+    convkit.set_num_threads(np.int64(1))
+    assert convkit.get_num_threads() == 1
+    assert type(convkit.get_num_threads()) is int
+
+
+@needs_openmp
+def test_num_threads_context_nests_and_restores():
+    convkit.set_num_threads(2)
+    with convkit.num_threads(3):
+        assert convkit.get_num_threads() == 3
+        with convkit.num_threads(1):
+            assert convkit.get_num_threads() == 1
+        assert convkit.get_num_threads() == 3
+    assert convkit.get_num_threads() == 2
+    with pytest.raises(KeyError):
+        with convkit.num_threads(4):
+            raise KeyError
+    assert convkit.get_num_threads() == 2
+
+
+@needs_openmp
+def test_num_threads_context_is_local_to_the_thread():
+    convkit.set_num_threads(2)
+    seen = []
+    with convkit.num_threads(3):
+        worker = threading.Thread(target=lambda: seen.append(convkit.get_num_threads()))
+        worker.start()
+        worker.join()
+        assert convkit.get_num_threads() == 3
+    assert seen == [2]
+
+
+@pytest.mark.parametrize("value, error", [
+    (0, ValueError), (-1, ValueError), (np.int32(0), ValueError),
+    (1.5, TypeError), (2.0, TypeError), ("2", TypeError), (None, TypeError), (True, TypeError),
+], ids=["zero", "negative", "numpy_zero", "float", "integral_float", "string", "none", "bool"])
+def test_bad_thread_counts_raise(value, error):
+    before = convkit.get_num_threads()
+    with pytest.raises(error, match="number of threads"):
+        convkit.set_num_threads(value)
+    with pytest.raises(error, match="number of threads"):
+        with convkit.num_threads(value):
+            pass
+    assert convkit.get_num_threads() == before
+
+
+@needs_openmp
+@pytest.mark.parametrize("omp_value, expected", [
+    ("3", "3"), ("5,2", "5"), (" 2 ", "2"), ("", "cores"), ("0", "cores"), ("many", "cores"),
+    (None, "cores"),
+], ids=["3", "nested_list", "spaces", "empty", "zero", "garbage", "unset"])
+def test_default_follows_omp_num_threads(omp_value, expected):
+    env = {} if omp_value is None else {"OMP_NUM_THREADS": omp_value}
+    result = _run_python("""
+        import os, convkit
+        print(convkit.get_num_threads(), len(os.sched_getaffinity(0)))
+    """, env)
+    assert result.returncode == 0, result.stderr
+    threads, cores = result.stdout.split()
+    assert threads == (cores if expected == "cores" else expected)
+
+
+def test_threads_for_runs_tiny_work_serially():
+    assert _threads.threads_for(10, n_threads=4) == 1
+    assert _threads.threads_for(2 * 32768, n_threads=4) == 2
+    assert _threads.threads_for(10 ** 9, n_threads=4) == 4
+    assert _threads.threads_for(10 ** 9, n_threads=1) == 1
+
+
+# Big enough that every kernel call gets 4 threads: 32 * 32 * 12 * 12 = 147456
+# output elements (grad_bias splits by those, the rest by their multiply-adds);
+# many small planes, so that threads interleave finely.
+DETERMINISM_X, DETERMINISM_W = (32, 8, 12, 12), (32, 4, 3, 3)
+DETERMINISM_Y = (32, 32, 12, 12)
+DETERMINISM_KWARGS = dict(padding=1, groups=2)
+
+
+def determinism_check(method, dtype):
+    """Forward and all gradients with 1, 2 and 4 threads: bitwise identical.
+
+    Also asserts that every kernel call really ran with the requested count.
+    Module-level so that a subprocess can import and run it.
+    """
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(DETERMINISM_X).astype(dtype)
+    weight = rng.standard_normal(DETERMINISM_W).astype(dtype)
+    bias = rng.standard_normal(DETERMINISM_W[0]).astype(dtype)
+    grad_output = rng.standard_normal(DETERMINISM_Y).astype(dtype)
+    original = _threads.threads_for
+    used = []
+
+    def recording(*args, **kwargs):
+        used.append(original(*args, **kwargs))
+        return used[-1]
+
+    results = {}
+    _threads.threads_for = recording
+    try:
+        for n in (1, 2, 4):
+            used.clear()
+            with convkit.num_threads(n):
+                y = convkit.conv2d(x, weight, bias, method=method, **DETERMINISM_KWARGS)
+                grads = convkit.conv2d_backward(grad_output, x, weight, method=method,
+                                                **DETERMINISM_KWARGS)
+            assert used and set(used) == {n}, (n, used)
+            results[n] = (y,) + grads
+    finally:
+        _threads.threads_for = original
+    for n in (2, 4):
+        for name, serial, threaded in zip(("y", "grad_input", "grad_weight", "grad_bias"),
+                                          results[1], results[n]):
+            assert threaded.dtype == serial.dtype and threaded.shape == serial.shape
+            np.testing.assert_array_equal(threaded, serial,
+                                          err_msg=f"{name}: {n} threads vs 1 ({method})")
+
+
+@needs_openmp
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("method", ["direct", "im2col"])
+def test_results_bitwise_identical_for_1_2_4_threads(method, dtype):
+    # In a subprocess: a race in a kernel can corrupt the heap and abort (one in
+    # im2col/col2im did, from q_lo/q_hi left shared in their prange bodies).
+    result = _run_python(f"""
+        import numpy as np
+        from test_threads import determinism_check
+        determinism_check({method!r}, np.{dtype})
+    """)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+@needs_openmp
+def test_im2col_col2im_threaded_equal_serial():
+    result = _run_python("""
+        import numpy as np, convkit
+        from convkit import reference
+        rng = np.random.default_rng(6)
+        x = rng.standard_normal((4, 8, 24, 24))
+        kwargs = dict(kernel_size=3, padding=(1, 2), dilation=(1, 2))
+        expected = reference.im2col(x, **kwargs)
+        cols = rng.standard_normal(expected.shape)
+        with convkit.num_threads(1):
+            folded = convkit.col2im(cols, x.shape, **kwargs)
+        for n in (2, 4):
+            with convkit.num_threads(n):
+                assert convkit._threads.threads_for(cols.size) == n
+                for _ in range(20):
+                    np.testing.assert_array_equal(convkit.im2col(x, **kwargs), expected)
+                    np.testing.assert_array_equal(convkit.col2im(cols, x.shape, **kwargs),
+                                                  folded)
+    """)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def _config_lines():
+    buffer = io.StringIO()
+    convkit.show_config(file=buffer)
+    return buffer.getvalue().splitlines()
+
+
+def test_show_config_reports_the_build():
+    text = "\n".join(_config_lines())
+    info = _openmp.build_info()
+    assert f"convkit {convkit.__version__}" in text
+    assert f"compiler: {info['compiler']}" in text
+    assert ("OpenMP: yes" if info["openmp"] else "OpenMP: no") in text
+    assert "SIMD" in text
+    assert "BLAS" in text
+    assert f"threads: {convkit.get_num_threads()}" in text
+
+
+@needs_openmp
+def test_show_config_reports_the_current_thread_count(capsys):
+    with convkit.num_threads(3):
+        convkit.show_config()
+    out = capsys.readouterr().out
+    assert "threads: 3" in out.splitlines()
+    assert f"convkit {convkit.__version__}" in out
+
+
+def forced_threads_grid_check(method, n_threads):
+    """Every geometry of tests/test_conv.py, with ``n_threads`` forced on even tiny work.
+
+    Module-level so that a subprocess can import and run it.
+    """
+    from _helpers import assert_close
+    from convkit import reference
+    from test_conv import CASES, make_inputs
+
+    original = _threads.threads_for
+    _threads.threads_for = lambda work, n=None, *args, **kwargs: n_threads
+    try:
+        for case in CASES:
+            for dtype in (np.float32, np.float64):
+                x, weight, bias, grad_output, kwargs = make_inputs(case, dtype)
+                y = convkit.conv2d(x, weight, bias, method=method, **kwargs)
+                assert_close(y, reference.conv2d(x, weight, bias, **kwargs), err_msg=case)
+                grads = convkit.conv2d_backward(grad_output, x, weight, method=method,
+                                                **kwargs)
+                for actual, wanted in zip(grads, reference.conv2d_backward(
+                        grad_output, x, weight, **kwargs)):
+                    assert_close(actual, wanted, kind="grad", err_msg=case)
+    finally:
+        _threads.threads_for = original
+
+
+@needs_openmp
+@pytest.mark.parametrize("n_threads", [2, 4])
+def test_direct_grid_with_forced_threads_matches_reference(n_threads):
+    forced_threads_grid_check("direct", n_threads)
+
+
+@needs_openmp
+def test_im2col_grid_with_forced_threads_matches_reference():
+    result = _run_python("""
+        from test_threads import forced_threads_grid_check
+        for n_threads in (2, 4):
+            for repeat in range(3):
+                forced_threads_grid_check("im2col", n_threads)
+    """)
+    assert result.returncode == 0, result.stderr[-3000:]
