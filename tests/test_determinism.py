@@ -1,0 +1,112 @@
+"""Determinism: results are bitwise identical across repeated calls and 1, 2 and 4 threads.
+
+convkit._threads.threads_for runs problems below 32768 multiply-adds per
+thread serially, so every problem here is checked to be large enough to run
+on all 4 threads; otherwise the comparison would prove nothing.
+"""
+
+import numpy as np
+import pytest
+
+import convkit
+from convkit._threads import threads_for
+
+THREAD_COUNTS = (1, 2, 4)
+REPEATS = 2
+
+
+def _bitwise_equal(actual, expected):
+    return (actual.shape == expected.shape and actual.dtype == expected.dtype
+            and actual.tobytes() == expected.tobytes())
+
+
+def _check_deterministic(call, work):
+    """``call()`` gives the same bits on every repeat under every thread count."""
+    assert threads_for(work, max(THREAD_COUNTS)) == max(THREAD_COUNTS), (
+        f"work {work} is too small: threads_for would run it on fewer threads")
+    with convkit.num_threads(1):
+        expected = [out for out in call() if out is not None]
+    for n_threads in THREAD_COUNTS:
+        with convkit.num_threads(n_threads):
+            for repeat in range(REPEATS):
+                actual = [out for out in call() if out is not None]
+                assert len(actual) == len(expected)
+                for position, (a, e) in enumerate(zip(actual, expected)):
+                    assert _bitwise_equal(a, e), (
+                        f"result {position} differs with {n_threads} threads (repeat {repeat}); "
+                        f"max abs difference {np.max(np.abs(a - e))}")
+
+
+CONFIGS = {
+    "plain": {"stride": 1, "padding": 1, "dilation": 1, "groups": 1},
+    "strided grouped": {"stride": (2, 1), "padding": "same", "dilation": 2, "groups": 2},
+}
+
+
+def _conv_problem(dtype, config):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 8, 64, 64)).astype(dtype)
+    weight = rng.standard_normal((16, 8 // config["groups"], 3, 3)).astype(dtype)
+    bias = rng.standard_normal(16).astype(dtype)
+    y = convkit.conv2d(x, weight, bias, **config)
+    grad_y = rng.standard_normal(y.shape).astype(dtype)
+    work = y.size * weight[0].size
+    # grad_bias is parallel over channels once grad_output itself is large enough.
+    assert threads_for(grad_y.size, max(THREAD_COUNTS)) == max(THREAD_COUNTS)
+    return x, weight, bias, grad_y, work
+
+
+@pytest.mark.parametrize("config", CONFIGS.values(), ids=CONFIGS.keys())
+@pytest.mark.parametrize("method", ["direct", "im2col"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_conv2d_deterministic(dtype, method, config):
+    x, weight, bias, _, work = _conv_problem(dtype, config)
+    _check_deterministic(lambda: [convkit.conv2d(x, weight, bias, **config, method=method)],
+                         work)
+
+
+@pytest.mark.parametrize("config", CONFIGS.values(), ids=CONFIGS.keys())
+@pytest.mark.parametrize("method", ["direct", "im2col"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_conv2d_backward_deterministic(dtype, method, config):
+    x, weight, _, grad_y, work = _conv_problem(dtype, config)
+    _check_deterministic(
+        lambda: convkit.conv2d_backward(grad_y, x, weight, **config, method=method), work)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_im2col_col2im_deterministic(dtype):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((4, 8, 48, 48)).astype(dtype)
+    cols = convkit.im2col(x, 3, stride=2, padding=1)
+    grad_cols = rng.standard_normal(cols.shape).astype(dtype)
+    _check_deterministic(lambda: [convkit.im2col(x, 3, stride=2, padding=1),
+                                  convkit.col2im(grad_cols, x.shape, 3, stride=2, padding=1)],
+                         cols.size)
+
+
+POOL = {"kernel_size": 3, "stride": 2, "padding": 1}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_max_pool2d_deterministic(dtype):
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((4, 8, 64, 64)).astype(dtype)
+    y, indices = convkit.max_pool2d(x, **POOL, return_indices=True)
+    grad_y = rng.standard_normal(y.shape).astype(dtype)
+    _check_deterministic(lambda: [*convkit.max_pool2d(x, **POOL, return_indices=True),
+                                  convkit.max_pool2d_backward(grad_y, indices, x.shape)],
+                         min(y.size * 9, grad_y.size + x.size))
+
+
+@pytest.mark.parametrize("count_include_pad", [True, False])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_avg_pool2d_deterministic(dtype, count_include_pad):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((4, 8, 64, 64)).astype(dtype)
+    args = {**POOL, "ceil_mode": True, "count_include_pad": count_include_pad}
+    y = convkit.avg_pool2d(x, **args)
+    grad_y = rng.standard_normal(y.shape).astype(dtype)
+    _check_deterministic(lambda: [convkit.avg_pool2d(x, **args),
+                                  convkit.avg_pool2d_backward(grad_y, x.shape, **args)],
+                         y.size * 9)
