@@ -207,8 +207,8 @@ def avg_pool2d_backward(grad_output, input_shape, kernel_size, stride=None, padd
     grad_input = np.empty(g.input_shape, dtype=grad_output.dtype)
     if grad_input.size:
         n_threads = _threads.threads_for(grad_output.size * g.R * g.S)
-        share_scratch = np.empty((n_threads, g.Q), dtype=grad_output.dtype)
-        _pool.avg_backward(contiguous(grad_output), grad_input, share_scratch,
+        scratch = np.empty((n_threads, g.Q + g.W), dtype=grad_output.dtype)
+        _pool.avg_backward(contiguous(grad_output), grad_input, scratch,
                            rows.astype(grad_output.dtype), cols.astype(grad_output.dtype),
                            *_avg_kernel_args(g), n_threads)
     return grad_input

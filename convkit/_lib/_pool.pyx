@@ -377,29 +377,41 @@ def avg_forward(const floating[:, :, :, ::1] x,  # IN  (N, C, H, W)
 
 # --------------------------------------------------------------- avg backward
 
-cdef void _avg_backward_plane_taps(const floating *gy, floating *gx, floating *share,
+cdef void _avg_backward_plane_taps(const floating *gy, floating *gx, floating *scratch,
                                    const floating *row_count, const floating *col_count,
                                    int64_t H, int64_t W, int64_t P, int64_t Q, int64_t R,
                                    int64_t S, int64_t sh, int64_t sw, int64_t pt,
                                    int64_t pl) noexcept nogil:
-    """One plane, taps order (share: Q scratch values, each window's gradient share)."""
-    cdef int64_t p, q, r, s, r_lo, r_hi, q_lo, q_hi, offset
+    """One plane, taps order, separably (scratch: Q + W values).
+
+    A window's share reaches the same columns in each of its rows, so each
+    output row first spreads its shares along one row (S strided adds per
+    output), then adds that row to the R input rows it covers (contiguous,
+    vectorised): P*(S*Q + R*W) adds instead of P*R*S*Q strided ones.
+    """
+    cdef int64_t p, q, r, s, r_lo, r_hi, q_lo, q_hi, offset, iw
+    cdef floating *share = scratch
+    cdef floating *spread = scratch + Q
     cdef floating *gxrow
     for p in range(P):
         for q in range(Q):
             share[q] = gy[p * Q + q] / (row_count[p] * col_count[q])
+        for iw in range(W):
+            spread[iw] = 0
+        for s in range(S):
+            offset = s - pl
+            _valid_range(W, Q, sw, offset, &q_lo, &q_hi)
+            if sw == 1:
+                for q in range(q_lo, q_hi):
+                    spread[q + offset] += share[q]
+            else:
+                for q in range(q_lo, q_hi):
+                    spread[q * sw + offset] += share[q]
         _valid_range(H, R, 1, p * sh - pt, &r_lo, &r_hi)
         for r in range(r_lo, r_hi):
             gxrow = gx + (p * sh - pt + r) * W
-            for s in range(S):
-                offset = s - pl
-                _valid_range(W, Q, sw, offset, &q_lo, &q_hi)
-                if sw == 1:
-                    for q in range(q_lo, q_hi):
-                        gxrow[q + offset] += share[q]
-                else:
-                    for q in range(q_lo, q_hi):
-                        gxrow[q * sw + offset] += share[q]
+            for iw in range(W):
+                gxrow[iw] += spread[iw]
 
 
 cdef void _avg_backward_plane_windows(const floating *gy, floating *gx,
@@ -445,7 +457,7 @@ cdef void _avg_backward_plane_2x2(const floating *gy, floating *gx,
 
 def avg_backward(const floating[:, :, :, ::1] grad_output,  # IN  (N, C, P, Q)
                  floating[:, :, :, ::1] grad_input,         # OUT (N, C, H, W)
-                 floating[:, ::1] share_scratch,            # (n_threads, Q)
+                 floating[:, ::1] scratch,                  # (n_threads, Q + W)
                  const floating[::1] row_count,             # IN  (P,) as in avg_forward
                  const floating[::1] col_count,             # IN  (Q,)
                  int64_t R, int64_t S, int64_t sh, int64_t sw, int64_t pt, int64_t pl,
@@ -470,6 +482,6 @@ def avg_backward(const floating[:, :, :, ::1] grad_output,  # IN  (N, C, P, Q)
                                         H, W, P, Q, R, S, sh, sw, pt, pl)
         else:
             _avg_backward_plane_taps(gyp + plane * P * Q, gxp + plane * H * W,
-                                     &share_scratch[omp_get_thread_num(), 0],
+                                     &scratch[omp_get_thread_num(), 0],
                                      &row_count[0], &col_count[0],
                                      H, W, P, Q, R, S, sh, sw, pt, pl)
