@@ -31,7 +31,7 @@ def show_config(file=None):
     import numpy as np
 
     from convkit import _threads
-    from convkit._lib import _openmp
+    from convkit._lib import _conv, _openmp
 
     info = _openmp.build_info()
     blas = _threads.blas_info()
@@ -47,7 +47,8 @@ def show_config(file=None):
         f"compiler: {info['compiler']}",
         f"compile flags: {info['compile_flags'] or '(none recorded)'}",
         f"OpenMP: {'yes' if info['openmp'] else 'no (kernels run serially)'}",
-        f"SIMD baseline: {' '.join(info['simd_baseline']) or 'none'}",
+        f"SIMD baseline: {' '.join(info['simd_baseline']) or 'none'}; direct kernels: "
+        f"{_conv.kernel_isa()} (picked at import; CONVKIT_ISA=avx2|baseline caps it)",
         f"BLAS (NumPy's, used by method='im2col'): {blas_text}",
         f"threads: {get_num_threads()}",
         f"im2col workspace limit: {get_workspace_limit() / (1 << 20):g} MiB",
