@@ -1,0 +1,69 @@
+"""Every run-time variant of the direct kernels (AVX-512, AVX2, baseline) is right.
+
+The variant is chosen once at import, so each one runs in a subprocess with
+CONVKIT_ISA capping the choice.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+SCRIPT = r"""
+import json
+import numpy as np
+import convkit
+from convkit import reference
+from convkit._lib import _conv
+
+cases = [
+    ((2, 3, 11, 9), (16, 3, 3, 3), dict(padding=1)),                     # K blocks of 8
+    ((2, 4, 10, 10), (4, 1, 3, 3), dict(groups=4, padding="same")),      # 1-channel blocks
+    ((1, 5, 13, 12), (10, 5, 4, 2), dict(stride=(2, 3), dilation=(2, 1), padding=((1, 2), (0, 3)))),
+    ((3, 8, 7, 40), (9, 8, 2, 5), dict(padding=(1, 2))),                 # wide rows, K tail
+]
+worst = 0.0
+rng = np.random.default_rng(0)
+for dtype in (np.float32, np.float64):
+    for xs, ws, kw in cases:
+        x = rng.standard_normal(xs).astype(dtype)
+        w = rng.standard_normal(ws).astype(dtype)
+        b = rng.standard_normal(ws[0]).astype(dtype)
+        y = convkit.conv2d(x, w, b, method="direct", **kw)
+        y_ref = reference.conv2d(x, w, b, **kw)
+        gy = rng.standard_normal(y.shape).astype(dtype)
+        got = convkit.conv2d_backward(gy, x, w, method="direct", **kw)
+        want = reference.conv2d_backward(gy, x, w, **kw)
+        tol = 2e-4 if dtype == np.float32 else 1e-10
+        for a, e in [(y, y_ref)] + list(zip(got, want)):
+            assert a.shape == e.shape and a.dtype == e.dtype
+            err = float(np.max(np.abs(a - e)) / max(1.0, float(np.max(np.abs(e)))))
+            assert err < tol, (dtype, xs, ws, kw, err)
+            worst = max(worst, err)
+print(json.dumps({"isa": _conv.kernel_isa(), "worst": worst}))
+"""
+
+
+def _cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return set(next(line for line in f if line.startswith("flags")).split())
+    except (OSError, StopIteration):
+        return set()
+
+
+@pytest.mark.parametrize("cap,needs", [("baseline", set()), ("avx2", {"avx2", "fma"}),
+                                       ("", {"avx512f", "avx2", "fma"})],
+                         ids=["baseline", "avx2", "widest"])
+def test_direct_kernel_variant_matches_reference(cap, needs):
+    if not needs <= _cpu_flags():
+        pytest.skip(f"this CPU lacks {sorted(needs - _cpu_flags())}")
+    env = dict(os.environ, CONVKIT_ISA=cap)
+    result = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    expected = {"baseline": "baseline", "avx2": "avx2", "": "avx512f"}[cap]
+    assert report["isa"] == expected
