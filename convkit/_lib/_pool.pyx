@@ -235,7 +235,7 @@ def max_forward(const floating[:, :, :, ::1] x,     # IN  (N, C, H, W)
     cdef bint fast_2x2 = (R == 2 and S == 2 and sh == 2 and sw == 2 and pt == 0 and pl == 0
                           and dh == 1 and dw == 1 and 2 * P <= H and 2 * Q <= W
                           and W < INT32_MAX)
-    cdef bint windows_order = S > Q
+    cdef bint windows_order = S > Q or R * S > INT32_MAX  # taps order numbers taps in int32
     cdef const floating *xp = &x[0, 0, 0, 0]
     cdef floating *yp = &y[0, 0, 0, 0]
     cdef int64_t *ip = &indices[0, 0, 0, 0] if with_indices else NULL
