@@ -382,6 +382,8 @@ def pool_geometry(x_shape, kernel_size, stride, padding, dilation, ceil_mode, x_
             f" is larger than the padded input {H + sum(pads[0])}x{W + sum(pads[1])} of "
             f"{x_name} {tuple(x_shape)} with padding {pads}: the output would be {P}x{Q}")
     for axis, size, count in ((0, H, P), (1, W, Q)):
+        if dilation[axis] == 1:
+            continue  # consecutive taps: the padding rules above leave an input cell in each
         empty = _windows_without_input(size, kernel[axis], stride[axis], pads[axis][0],
                                        dilation[axis], count)
         if empty.size:
