@@ -147,6 +147,7 @@ def col2im(const floating[:, :, ::1] cols,  # IN     (N, C*R*S, rows*Q)
 cdef extern from "_direct.h" nogil:
     enum:
         CK_KB
+        CK_GW_KB
         CK_SLACK
     ctypedef void (*ck_fwd_f32_t)(const float *, const float *, const int64_t *, int64_t,
                                   int64_t, int64_t, int64_t, int64_t, int64_t, float *,
@@ -154,10 +155,12 @@ cdef extern from "_direct.h" nogil:
     ctypedef void (*ck_fwd_f64_t)(const double *, const double *, const int64_t *, int64_t,
                                   int64_t, int64_t, int64_t, int64_t, int64_t, double *,
                                   int64_t, double *, int64_t, int64_t, const double *)
-    ctypedef void (*ck_gw_f32_t)(const float *, int64_t, int64_t, const float *,
-                                 const int64_t *, int64_t, int64_t, float *, int64_t)
-    ctypedef void (*ck_gw_f64_t)(const double *, int64_t, int64_t, const double *,
-                                 const int64_t *, int64_t, int64_t, double *, int64_t)
+    ctypedef void (*ck_gw_f32_t)(const float *, int64_t, int64_t, int64_t, const float *,
+                                 int64_t, const int64_t *, int64_t, int64_t, int64_t,
+                                 float *, int64_t)
+    ctypedef void (*ck_gw_f64_t)(const double *, int64_t, int64_t, int64_t, const double *,
+                                 int64_t, const int64_t *, int64_t, int64_t, int64_t,
+                                 double *, int64_t)
     ctypedef struct ck_kernels_t:
         const char *isa
         ck_fwd_f32_t fwd_f32
@@ -267,10 +270,6 @@ def forward_packed(const floating[:, :, :, ::1] xpk,      # IN  (N, C, phases, p
                 kcount, &bias[g * Kg + k0])
 
 
-cdef enum:
-    GW_KB = 4
-
-
 def grad_weight_packed(const floating[:, :, ::1] gy_grid,   # IN  (N, K, P*Wph) zero at q >= Q
                        const floating[:, :, :, ::1] xpk,    # IN  (N, C, phases, plane_len)
                        const int64_t[::1] tap_off,          # IN  (R*S,)
@@ -278,32 +277,31 @@ def grad_weight_packed(const floating[:, :, ::1] gy_grid,   # IN  (N, K, P*Wph) 
                        int64_t groups, int n_threads):
     """gw[k, c, t] = sum over images and grid of gy_grid[n, k] * tap t of channel c.
 
-    One task per (block of GW_KB channels, input channel) sums every image in
-    order, so the result does not depend on the thread count.
+    One task per (block of CK_GW_KB channels, input channel) sums every image
+    in order, so the result does not depend on the thread count.
     """
     cdef int64_t N = xpk.shape[0]
+    cdef int64_t x_nstride = xpk.shape[1] * xpk.shape[2] * xpk.shape[3]
     cdef int64_t chan_stride = xpk.shape[2] * xpk.shape[3]
     cdef int64_t K = gw.shape[0], Cg = gw.shape[1], RS = gw.shape[2]
     cdef int64_t grid_len = gy_grid.shape[2], Kg = K // groups
-    cdef int64_t blocks = (Kg + GW_KB - 1) // GW_KB
-    cdef int64_t task, g, blk, c, n, k0, kcount
+    cdef int64_t blocks = (Kg + CK_GW_KB - 1) // CK_GW_KB
+    cdef int64_t task, g, blk, c, k0, kcount
     cdef ck_kernels_t kern = ck_kernels
-    memset(&gw[0, 0, 0], 0, K * Cg * RS * sizeof(floating))
     for task in prange(groups * blocks * Cg, schedule="static", nogil=True,
                        num_threads=n_threads):
         g = task // (blocks * Cg)
         blk = (task // Cg) % blocks
         c = task % Cg
-        k0 = g * Kg + blk * GW_KB
-        kcount = Kg - blk * GW_KB
-        if kcount > GW_KB:
-            kcount = GW_KB
-        for n in range(N):
-            if floating is float:
-                kern.gw_f32(&gy_grid[n, k0, 0], grid_len, kcount,
-                            &xpk[n, g * Cg + c, 0, 0], &tap_off[0], RS, grid_len,
-                            &gw[k0, c, 0], Cg * RS)
-            else:
-                kern.gw_f64(&gy_grid[n, k0, 0], grid_len, kcount,
-                            &xpk[n, g * Cg + c, 0, 0], &tap_off[0], RS, grid_len,
-                            &gw[k0, c, 0], Cg * RS)
+        k0 = g * Kg + blk * CK_GW_KB
+        kcount = Kg - blk * CK_GW_KB
+        if kcount > CK_GW_KB:
+            kcount = CK_GW_KB
+        if floating is float:
+            kern.gw_f32(&gy_grid[0, k0, 0], grid_len, K * grid_len, kcount,
+                        &xpk[0, g * Cg + c, 0, 0], x_nstride, &tap_off[0], RS, N, grid_len,
+                        &gw[k0, c, 0], Cg * RS)
+        else:
+            kern.gw_f64(&gy_grid[0, k0, 0], grid_len, K * grid_len, kcount,
+                        &xpk[0, g * Cg + c, 0, 0], x_nstride, &tap_off[0], RS, N, grid_len,
+                        &gw[k0, c, 0], Cg * RS)

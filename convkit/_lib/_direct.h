@@ -85,54 +85,61 @@
 
 /* ---- grad_weight ------------------------------------------------------- */
 
-/* gw[kb][t] += sum_j gy[kb][j] * x[off(t) + j] for KB2 channels and TB taps at
- * a time; lanes are reduced at the end in a fixed order. The caller zeroes
- * the grid columns q >= Q of gy so they contribute nothing. */
-#define CK_DEFINE_GRAD_WEIGHT(NAME, T, VBYTES, KB2, TB, ATTR)                          \
-    ATTR static void NAME(const T *gy, int64_t gy_kstride, int64_t kcount,             \
-                          const T *x, const int64_t *tap_off, int64_t RS,              \
+/* gw[kb][t] = sum_n sum_j gy[n][kb][j] * x[n][off(t) + j] for KB2 channels and
+ * TB taps at a time, lanes reduced once at the end in a fixed order. The
+ * caller zeroes the grid columns q >= Q of gy so they contribute nothing. */
+#define CK_GW_KB 4
+#define CK_DEFINE_GRAD_WEIGHT(NAME, T, VBYTES, TB, ATTR)                               \
+    ATTR static void NAME(const T *gy, int64_t gy_kstride, int64_t gy_nstride,         \
+                          int64_t kcount, const T *x, int64_t x_nstride,               \
+                          const int64_t *tap_off, int64_t RS, int64_t N,               \
                           int64_t grid_len, T *gw, int64_t gw_kstride)                 \
     {                                                                                  \
         typedef T V __attribute__((vector_size(VBYTES)));                              \
-        enum { VL = VBYTES / sizeof(T) };                                              \
-        int64_t t0, kb, tb, j, l;                                                      \
+        enum { VL = VBYTES / sizeof(T), KB2 = CK_GW_KB };                              \
+        int64_t t0, kb, tb, j, l, n;                                                   \
         int64_t full = grid_len - grid_len % VL;                                       \
         for (t0 = 0; t0 < RS; t0 += TB) {                                              \
             V acc[KB2][TB];                                                            \
             T tail[KB2][TB];                                                           \
             int64_t tcount = RS - t0 < TB ? RS - t0 : TB;                              \
+            int64_t off[TB];                                                           \
+            for (tb = 0; tb < TB; tb++)                                                \
+                off[tb] = tap_off[t0 + (tb < tcount ? tb : 0)];                        \
             for (kb = 0; kb < KB2; kb++)                                               \
                 for (tb = 0; tb < TB; tb++) {                                          \
                     acc[kb][tb] = (V){0};                                              \
                     tail[kb][tb] = 0;                                                  \
                 }                                                                      \
-            for (j = 0; j < full; j += VL) {                                           \
-                V gv[KB2], xv[TB];                                                     \
-                for (kb = 0; kb < KB2; kb++) {                                         \
-                    if (kb < kcount)                                                   \
-                        memcpy(&gv[kb], gy + kb * gy_kstride + j, sizeof(V));          \
-                    else                                                               \
-                        gv[kb] = (V){0};                                               \
-                }                                                                      \
-                for (tb = 0; tb < TB; tb++)                                            \
-                    memcpy(&xv[tb], x + tap_off[t0 + (tb < tcount ? tb : 0)] + j,      \
-                           sizeof(V));                                                 \
-                for (kb = 0; kb < KB2; kb++)                                           \
+            for (n = 0; n < N; n++) {                                                  \
+                const T *g = gy + n * gy_nstride;                                      \
+                const T *xn = x + n * x_nstride;                                       \
+                for (j = 0; j < full; j += VL) {                                       \
+                    V gv[KB2], xv[TB];                                                 \
+                    for (kb = 0; kb < KB2; kb++) {                                     \
+                        if (kb < kcount)                                               \
+                            memcpy(&gv[kb], g + kb * gy_kstride + j, sizeof(V));       \
+                        else                                                           \
+                            gv[kb] = (V){0};                                           \
+                    }                                                                  \
                     for (tb = 0; tb < TB; tb++)                                        \
-                        acc[kb][tb] += gv[kb] * xv[tb];                                \
+                        memcpy(&xv[tb], xn + off[tb] + j, sizeof(V));                  \
+                    for (kb = 0; kb < KB2; kb++)                                       \
+                        for (tb = 0; tb < TB; tb++)                                    \
+                            acc[kb][tb] += gv[kb] * xv[tb];                            \
+                }                                                                      \
+                for (kb = 0; kb < kcount; kb++)                                        \
+                    for (tb = 0; tb < tcount; tb++)                                    \
+                        for (j = full; j < grid_len; j++)                              \
+                            tail[kb][tb] += g[kb * gy_kstride + j] * xn[off[tb] + j];  \
             }                                                                          \
-            for (kb = 0; kb < kcount; kb++)                                            \
-                for (tb = 0; tb < tcount; tb++)                                        \
-                    for (j = full; j < grid_len; j++)                                  \
-                        tail[kb][tb] += gy[kb * gy_kstride + j] *                      \
-                                        x[tap_off[t0 + tb] + j];                       \
             for (kb = 0; kb < kcount; kb++)                                            \
                 for (tb = 0; tb < tcount; tb++) {                                      \
                     T lanes[VL], total = 0;                                            \
                     memcpy(lanes, &acc[kb][tb], sizeof(lanes));                        \
                     for (l = 0; l < VL; l++)                                           \
                         total += lanes[l];                                             \
-                    gw[kb * gw_kstride + t0 + tb] += total + tail[kb][tb];             \
+                    gw[kb * gw_kstride + t0 + tb] = total + tail[kb][tb];              \
                 }                                                                      \
         }                                                                              \
     }
@@ -148,21 +155,21 @@ CK_DEFINE_FORWARD(ck_fwd_f32_base, float, 16, CK_KB, 2, CK_BASE)
 CK_DEFINE_FORWARD(ck_fwd_f64_base, double, 16, CK_KB, 2, CK_BASE)
 CK_DEFINE_FORWARD(ck_fwd1_f32_base, float, 16, 1, 4, CK_BASE)
 CK_DEFINE_FORWARD(ck_fwd1_f64_base, double, 16, 1, 4, CK_BASE)
-CK_DEFINE_GRAD_WEIGHT(ck_gw_f32_base, float, 16, 4, 3, CK_BASE)
-CK_DEFINE_GRAD_WEIGHT(ck_gw_f64_base, double, 16, 4, 3, CK_BASE)
+CK_DEFINE_GRAD_WEIGHT(ck_gw_f32_base, float, 16, 2, CK_BASE)
+CK_DEFINE_GRAD_WEIGHT(ck_gw_f64_base, double, 16, 2, CK_BASE)
 #if CK_X86
 CK_DEFINE_FORWARD(ck_fwd_f32_avx2, float, 32, CK_KB, 1, CK_AVX2)
 CK_DEFINE_FORWARD(ck_fwd_f64_avx2, double, 32, CK_KB, 1, CK_AVX2)
 CK_DEFINE_FORWARD(ck_fwd1_f32_avx2, float, 32, 1, 4, CK_AVX2)
 CK_DEFINE_FORWARD(ck_fwd1_f64_avx2, double, 32, 1, 4, CK_AVX2)
-CK_DEFINE_GRAD_WEIGHT(ck_gw_f32_avx2, float, 32, 4, 3, CK_AVX2)
-CK_DEFINE_GRAD_WEIGHT(ck_gw_f64_avx2, double, 32, 4, 3, CK_AVX2)
+CK_DEFINE_GRAD_WEIGHT(ck_gw_f32_avx2, float, 32, 2, CK_AVX2)
+CK_DEFINE_GRAD_WEIGHT(ck_gw_f64_avx2, double, 32, 2, CK_AVX2)
 CK_DEFINE_FORWARD(ck_fwd_f32_avx512, float, 64, CK_KB, 2, CK_AVX512)
 CK_DEFINE_FORWARD(ck_fwd_f64_avx512, double, 64, CK_KB, 2, CK_AVX512)
 CK_DEFINE_FORWARD(ck_fwd1_f32_avx512, float, 64, 1, 8, CK_AVX512)
 CK_DEFINE_FORWARD(ck_fwd1_f64_avx512, double, 64, 1, 8, CK_AVX512)
-CK_DEFINE_GRAD_WEIGHT(ck_gw_f32_avx512, float, 64, 4, 4, CK_AVX512)
-CK_DEFINE_GRAD_WEIGHT(ck_gw_f64_avx512, double, 64, 4, 4, CK_AVX512)
+CK_DEFINE_GRAD_WEIGHT(ck_gw_f32_avx512, float, 64, 3, CK_AVX512)
+CK_DEFINE_GRAD_WEIGHT(ck_gw_f64_avx512, double, 64, 3, CK_AVX512)
 #endif
 
 typedef void (*ck_fwd_f32_t)(const float *, const float *, const int64_t *, int64_t, int64_t,
@@ -171,10 +178,11 @@ typedef void (*ck_fwd_f32_t)(const float *, const float *, const int64_t *, int6
 typedef void (*ck_fwd_f64_t)(const double *, const double *, const int64_t *, int64_t,
                              int64_t, int64_t, int64_t, int64_t, int64_t, double *, int64_t,
                              double *, int64_t, int64_t, const double *);
-typedef void (*ck_gw_f32_t)(const float *, int64_t, int64_t, const float *, const int64_t *,
-                            int64_t, int64_t, float *, int64_t);
-typedef void (*ck_gw_f64_t)(const double *, int64_t, int64_t, const double *, const int64_t *,
-                            int64_t, int64_t, double *, int64_t);
+typedef void (*ck_gw_f32_t)(const float *, int64_t, int64_t, int64_t, const float *, int64_t,
+                            const int64_t *, int64_t, int64_t, int64_t, float *, int64_t);
+typedef void (*ck_gw_f64_t)(const double *, int64_t, int64_t, int64_t, const double *,
+                            int64_t, const int64_t *, int64_t, int64_t, int64_t, double *,
+                            int64_t);
 
 typedef struct {
     const char *isa;
