@@ -131,15 +131,11 @@ def max_pool2d_backward(grad_output, indices, input_shape):
     return grad_input
 
 
-def _avg_geometry(input_shape, kernel_size, stride, padding, ceil_mode, count_include_pad,
-                  name):
-    g = pool_geometry(input_shape, kernel_size, stride, padding, 1, ceil_mode, x_name=name)
-    count_include_pad = check_flag(count_include_pad, "count_include_pad")
-    return g, pool_window_counts(g, count_include_pad)
-
-
-def _avg_kernel_args(g):
-    return g.R, g.S, g.stride[0], g.stride[1], g.padding[0][0], g.padding[1][0]
+def _avg_kernel_args(g, count_include_pad, dtype):
+    """Sizes and the divisor factors (row (P,), column (Q,)) the avg kernels take."""
+    rows, cols = pool_window_counts(g, count_include_pad)
+    return (rows.astype(dtype), cols.astype(dtype),
+            g.R, g.S, g.stride[0], g.stride[1], g.padding[0][0], g.padding[1][0])
 
 
 def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
@@ -168,13 +164,13 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
     """
     x = check_float_array(x, "x")
     check_ndim(x, 4, "x", "(N, C, H, W)")
-    g, (rows, cols) = _avg_geometry(x.shape, kernel_size, stride, padding, ceil_mode,
-                                    count_include_pad, "x")
+    g = pool_geometry(x.shape, kernel_size, stride, padding, 1, ceil_mode)
+    count_include_pad = check_flag(count_include_pad, "count_include_pad")
     _check_sizes("avg_pool2d", g, x.itemsize, {"y": g.output_shape})
     y = np.empty(g.output_shape, dtype=x.dtype)
     if y.size:
-        _pool.avg_forward(contiguous(x), y, rows.astype(x.dtype), cols.astype(x.dtype),
-                          *_avg_kernel_args(g), _threads.threads_for(y.size * g.R * g.S))
+        _pool.avg_forward(contiguous(x), y, *_avg_kernel_args(g, count_include_pad, x.dtype),
+                          _threads.threads_for(y.size * g.R * g.S))
     return y
 
 
@@ -197,8 +193,9 @@ def avg_pool2d_backward(grad_output, input_shape, kernel_size, stride=None, padd
     grad_output = check_float_array(grad_output, "grad_output")
     check_ndim(grad_output, 4, "grad_output", "(N, C, P, Q)")
     input_shape = check_shape(input_shape, 4, "input_shape", "(N, C, H, W)")
-    g, (rows, cols) = _avg_geometry(input_shape, kernel_size, stride, padding, ceil_mode,
-                                    count_include_pad, "input_shape")
+    g = pool_geometry(input_shape, kernel_size, stride, padding, 1, ceil_mode,
+                      x_name="input_shape")
+    count_include_pad = check_flag(count_include_pad, "count_include_pad")
     if grad_output.shape != g.output_shape:
         raise ValueError(f"grad_output must have the shape {g.output_shape} that avg_pool2d "
                          f"gives for input_shape {input_shape}, got {grad_output.shape}")
@@ -209,8 +206,8 @@ def avg_pool2d_backward(grad_output, input_shape, kernel_size, stride=None, padd
         n_threads = _threads.threads_for(grad_output.size * g.R * g.S)
         scratch = np.empty((n_threads, g.Q + g.W), dtype=grad_output.dtype)
         _pool.avg_backward(contiguous(grad_output), grad_input, scratch,
-                           rows.astype(grad_output.dtype), cols.astype(grad_output.dtype),
-                           *_avg_kernel_args(g), n_threads)
+                           *_avg_kernel_args(g, count_include_pad, grad_output.dtype),
+                           n_threads)
     return grad_input
 
 

@@ -341,11 +341,21 @@ def pool_output_size(size, kernel, stride, pad_before, pad_after, dilation, ceil
     return output_size(size, kernel, stride, pad_before, pad_after, dilation, ceil_mode)
 
 
-def _windows_without_input(size, kernel, stride, pad_before, dilation, count):
-    """Windows along one axis whose taps all fall in the padding (dilation > 1 only)."""
-    starts = np.arange(count, dtype=np.int64)[:, None] * stride - pad_before
-    taps = starts + np.arange(kernel, dtype=np.int64) * dilation
-    return np.flatnonzero(~((taps >= 0) & (taps < size)).any(axis=1))
+def _window_without_input(size, kernel, stride, pad_before, dilation, count):
+    """First window along one axis whose taps all fall in the padding, or None.
+
+    Windows starting at or after 0 start inside the input (the padding and
+    output-size rules see to that). One starting in the leading padding
+    first reaches 0 or beyond at ``start mod dilation``, within its kernel
+    extent; that cell can lie past the input only when the dilation exceeds
+    the input size. Python ints throughout: huge strides cannot overflow.
+    """
+    if dilation <= size:
+        return None
+    for window in range(min(count, -(-pad_before // stride))):
+        if (window * stride - pad_before) % dilation >= size:
+            return window
+    return None
 
 
 def pool_geometry(x_shape, kernel_size, stride, padding, dilation, ceil_mode, x_name="x"):
@@ -382,13 +392,11 @@ def pool_geometry(x_shape, kernel_size, stride, padding, dilation, ceil_mode, x_
             f" is larger than the padded input {H + sum(pads[0])}x{W + sum(pads[1])} of "
             f"{x_name} {tuple(x_shape)} with padding {pads}: the output would be {P}x{Q}")
     for axis, size, count in ((0, H, P), (1, W, Q)):
-        if dilation[axis] == 1:
-            continue  # consecutive taps: the padding rules above leave an input cell in each
-        empty = _windows_without_input(size, kernel[axis], stride[axis], pads[axis][0],
-                                       dilation[axis], count)
-        if empty.size:
+        empty = _window_without_input(size, kernel[axis], stride[axis], pads[axis][0],
+                                      dilation[axis], count)
+        if empty is not None:
             raise ValueError(
-                f"window {int(empty[0])} along {'H' if axis == 0 else 'W'} of {x_name} "
+                f"window {empty} along {'H' if axis == 0 else 'W'} of {x_name} "
                 f"{tuple(x_shape)} has all its taps in the padding {pads[axis]} (kernel_size "
                 f"{kernel}, stride {stride}, dilation {dilation}); it would have no input "
                 f"to pool")

@@ -282,6 +282,9 @@ BAD_CALLS = [
     ("window_only_padding", lambda m: m.max_pool2d(np.zeros((1, 1, 3, 3)), 2, stride=1,
                                                    dilation=4, padding=1),
      ValueError, "padding"),
+    ("window_only_padding_same", lambda m: m.max_pool2d(np.zeros((1, 1, 3, 3)), 2, stride=1,
+                                                        dilation=4, padding="same"),
+     ValueError, "padding"),
     ("x_3d", lambda m: m.max_pool2d(X[0], 2), ValueError, "x"),
     ("x_5d", lambda m: m.avg_pool2d(X[None], 2), ValueError, "x"),
     ("x_int", lambda m: m.max_pool2d(X.astype(int), 2), TypeError, "x"),
@@ -325,6 +328,22 @@ BAD_CALLS = [
 def test_bad_arguments_raise(module, call, error, fragment):
     with pytest.raises(error, match=fragment):
         call(module)
+
+
+@pytest.mark.parametrize("call", [
+    lambda: convkit.max_pool2d(np.ones((1, 1, 3, 3)), 2, stride=2**64),
+    lambda: convkit.max_pool2d(np.ones((1, 1, 3, 3)), 1, dilation=2**63),
+    lambda: convkit.avg_pool2d(np.ones((1, 1, 3, 3)), 2, stride=(1, 2**64)),
+], ids=["stride", "dilation", "avg_stride"])
+def test_sizes_past_int64_are_refused_clearly(call):
+    with pytest.raises(ValueError, match="64-bit"):
+        call()
+
+
+def test_avg_pool2d_backward_checks_grad_output_before_allocating():
+    for module in (convkit, reference):
+        with pytest.raises(ValueError, match="grad_output"):
+            module.avg_pool2d_backward(np.ones((1, 1, 1, 1)), (1, 1, 10**13, 1), 1)
 
 
 def test_out_of_range_index_message_names_the_entry():

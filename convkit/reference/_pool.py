@@ -106,12 +106,10 @@ def max_pool2d_backward(grad_output, indices, input_shape):
     return grad_input.reshape(N, C, H, W)
 
 
-def _avg_geometry(input_shape, kernel_size, stride, padding, ceil_mode, count_include_pad,
-                  name):
-    g = pool_geometry(input_shape, kernel_size, stride, padding, 1, ceil_mode, x_name=name)
-    include = check_flag(count_include_pad, "count_include_pad") and not g.same
-    counted = _windows(_input_mask(g, within_padding=include), g)
-    return g, counted.sum(axis=(-2, -1))[0, 0]
+def _divisors(g, count_include_pad):
+    """(P, Q) cells each window averages, counted on a mask of the input."""
+    counted = _windows(_input_mask(g, within_padding=count_include_pad and not g.same), g)
+    return counted.sum(axis=(-2, -1))[0, 0]
 
 
 def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
@@ -119,8 +117,8 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
     """Reference avg_pool2d: x (N, C, H, W) -> y (N, C, P, Q)."""
     x = check_float_array(x, "x")
     check_ndim(x, 4, "x", "(N, C, H, W)")
-    g, divisor = _avg_geometry(x.shape, kernel_size, stride, padding, ceil_mode,
-                               count_include_pad, "x")
+    g = pool_geometry(x.shape, kernel_size, stride, padding, 1, ceil_mode)
+    divisor = _divisors(g, check_flag(count_include_pad, "count_include_pad"))
     sums = _windows(_pad(x, g, 0), g).sum(axis=(-2, -1))
     return np.ascontiguousarray(sums / divisor.astype(x.dtype), dtype=x.dtype)
 
@@ -131,12 +129,13 @@ def avg_pool2d_backward(grad_output, input_shape, kernel_size, stride=None, padd
     grad_output = check_float_array(grad_output, "grad_output")
     check_ndim(grad_output, 4, "grad_output", "(N, C, P, Q)")
     input_shape = check_shape(input_shape, 4, "input_shape", "(N, C, H, W)")
-    g, divisor = _avg_geometry(input_shape, kernel_size, stride, padding, ceil_mode,
-                               count_include_pad, "input_shape")
+    g = pool_geometry(input_shape, kernel_size, stride, padding, 1, ceil_mode,
+                      x_name="input_shape")
+    count_include_pad = check_flag(count_include_pad, "count_include_pad")
     if grad_output.shape != g.output_shape:
         raise ValueError(f"grad_output must have the shape {g.output_shape} that avg_pool2d "
                          f"gives for input_shape {input_shape}, got {grad_output.shape}")
-    share = grad_output / divisor.astype(grad_output.dtype)
+    share = grad_output / _divisors(g, count_include_pad).astype(grad_output.dtype)
     pads = _padding_for_windows(g)
     padded = np.zeros((g.N, g.C, g.H + sum(pads[0]), g.W + sum(pads[1])),
                       dtype=grad_output.dtype)
