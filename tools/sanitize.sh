@@ -35,7 +35,9 @@ rm -rf "$WORK/src/convkit"
 echo 'raise ImportError("torch is disabled under AddressSanitizer (tools/sanitize.sh)")' \
     > "$WORK/no-torch/torch/__init__.py"
 
-export LD_PRELOAD=$("$CC" -print-file-name=libasan.so)
+# libstdc++ too: ASan must find the real __cxa_throw when C++ extensions
+# (matplotlib's) throw, or it aborts with "CHECK failed ... real___cxa_throw".
+export LD_PRELOAD="$("$CC" -print-file-name=libasan.so) $("$CC" -print-file-name=libstdc++.so)"
 export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1
 export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 export PYTHONMALLOC=malloc
