@@ -296,12 +296,6 @@ class PoolGeometry:
     def output_shape(self):
         return (self.N, self.C, self.P, self.Q)
 
-    @property
-    def is_global(self):
-        """One window covering the whole unpadded plane (global pooling)."""
-        return (self.P == 1 and self.Q == 1 and (self.R, self.S) == (self.H, self.W)
-                and self.dilation == (1, 1) and self.padding == ((0, 0), (0, 0)))
-
 
 def check_flag(value, name):
     """Return ``value`` as a bool; only bools are accepted (not 0/1 or None)."""
