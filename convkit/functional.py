@@ -24,9 +24,7 @@ from convkit._validation import (
     check_output_mask,
     contiguous,
     conv_geometry,
-    output_size,
     positive_pair,
-    resolve_padding,
 )
 
 _MiB = 1 << 20
