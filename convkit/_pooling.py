@@ -68,12 +68,9 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
     indices = np.empty(g.output_shape, dtype=np.int64) if return_indices else None
     if y.size:
         n_threads = _threads.threads_for(y.size * g.R * g.S)
-        dh, dw = g.dilation
-        tap_offset = (np.arange(g.R, dtype=np.int64)[:, None] * (dh * g.W)
-                      + np.arange(g.S, dtype=np.int64) * dw).ravel()
         tap_scratch = np.empty((n_threads, g.Q), dtype=np.int32)
-        _pool.max_forward(contiguous(x), y, indices, tap_scratch, tap_offset,
-                          *_max_kernel_args(g), n_threads)
+        _pool.max_forward(contiguous(x), y, indices, tap_scratch, *_max_kernel_args(g),
+                          n_threads)
     return (y, indices) if return_indices else y
 
 

@@ -94,7 +94,7 @@ cdef inline void _max_tap(floating *m, const floating *xrow, int64_t lo, int64_t
 cdef inline void _argmax_tap(floating *m, int32_t *tap, const floating *xrow, int32_t t,
                              int64_t lo, int64_t hi, int64_t sw,
                              int64_t offset) noexcept nogil:
-    """_max_tap that also records the tap number t where it takes the value."""
+    """_max_tap that also records t, the tap's offset in its window, where it takes the value."""
     cdef int64_t q
     cdef floating v
     cdef bint take
@@ -113,10 +113,15 @@ cdef inline void _argmax_tap(floating *m, int32_t *tap, const floating *xrow, in
 
 
 cdef void _max_plane_taps(const floating *x, floating *y, int64_t *idx, int32_t *tap,
-                          const int64_t *tap_offset, int64_t H, int64_t W, int64_t P,
-                          int64_t Q, int64_t R, int64_t S, int64_t sh, int64_t sw,
-                          int64_t pt, int64_t pl, int64_t dh, int64_t dw) noexcept nogil:
-    """One plane, taps order; indices too when idx is not NULL (tap: Q ints)."""
+                          int64_t H, int64_t W, int64_t P, int64_t Q, int64_t R, int64_t S,
+                          int64_t sh, int64_t sw, int64_t pt, int64_t pl, int64_t dh,
+                          int64_t dw) noexcept nogil:
+    """One plane, taps order; indices too when idx is not NULL.
+
+    ``tap`` (Q int32) holds each winner's offset r*dh*W + s*dw from its
+    window's corner: int32 lanes, as wide as float32's, keep the selects
+    vectorised; the caller ensures the offsets fit.
+    """
     cdef int64_t p, q, r, s, r_lo, r_hi, s_lo, s_hi, ih, offset, row_base
     cdef floating *yrow
     for p in range(P):
@@ -128,7 +133,7 @@ cdef void _max_plane_taps(const floating *x, floating *y, int64_t *idx, int32_t 
             for q in range(Q):
                 offset = q * sw - pl
                 s_lo = (-offset + dw - 1) // dw if offset < 0 else 0
-                tap[q] = <int32_t> (r_lo * S + s_lo)
+                tap[q] = <int32_t> (r_lo * dh * W + s_lo * dw)
         for r in range(r_lo, r_hi):
             ih = p * sh - pt + r * dh
             for s in range(S):
@@ -137,12 +142,12 @@ cdef void _max_plane_taps(const floating *x, floating *y, int64_t *idx, int32_t 
                 if idx == NULL:
                     _max_tap(yrow, x + ih * W, s_lo, s_hi, sw, offset)
                 else:
-                    _argmax_tap(yrow, tap, x + ih * W, <int32_t> (r * S + s),
+                    _argmax_tap(yrow, tap, x + ih * W, <int32_t> (r * dh * W + s * dw),
                                 s_lo, s_hi, sw, offset)
         if idx != NULL:
             row_base = (p * sh - pt) * W - pl
             for q in range(Q):
-                idx[p * Q + q] = row_base + q * sw + tap_offset[tap[q]]
+                idx[p * Q + q] = row_base + q * sw + tap[q]
 
 
 cdef void _max_plane_windows(const floating *x, floating *y, int64_t *idx, int64_t H,
@@ -225,7 +230,6 @@ def max_forward(const floating[:, :, :, ::1] x,     # IN  (N, C, H, W)
                 floating[:, :, :, ::1] y,           # OUT (N, C, P, Q)
                 int64_t[:, :, :, ::1] indices,      # OUT (N, C, P, Q) flat in H*W, or None
                 int32_t[:, ::1] tap_scratch,        # (n_threads, Q), used with indices
-                const int64_t[::1] tap_offset,      # IN  (R*S,) r*dh*W + s*dw
                 int64_t R, int64_t S, int64_t sh, int64_t sw, int64_t pt, int64_t pl,
                 int64_t dh, int64_t dw, int n_threads):
     cdef int64_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
@@ -235,7 +239,8 @@ def max_forward(const floating[:, :, :, ::1] x,     # IN  (N, C, H, W)
     cdef bint fast_2x2 = (R == 2 and S == 2 and sh == 2 and sw == 2 and pt == 0 and pl == 0
                           and dh == 1 and dw == 1 and 2 * P <= H and 2 * Q <= W
                           and W < INT32_MAX)
-    cdef bint windows_order = S > Q or R * S > INT32_MAX  # taps order numbers taps in int32
+    # the taps order keeps window offsets in int32
+    cdef bint windows_order = S > Q or (R - 1) * dh * W + (S - 1) * dw > INT32_MAX
     cdef const floating *xp = &x[0, 0, 0, 0]
     cdef floating *yp = &y[0, 0, 0, 0]
     cdef int64_t *ip = &indices[0, 0, 0, 0] if with_indices else NULL
@@ -250,7 +255,7 @@ def max_forward(const floating[:, :, :, ::1] x,     # IN  (N, C, H, W)
                                H, W, P, Q, R, S, sh, sw, pt, pl, dh, dw)
         else:
             _max_plane_taps(xp + plane * H * W, yp + plane * P * Q, plane_idx,
-                            &tap_scratch[omp_get_thread_num(), 0], &tap_offset[0],
+                            &tap_scratch[omp_get_thread_num(), 0],
                             H, W, P, Q, R, S, sh, sw, pt, pl, dh, dw)
 
 
