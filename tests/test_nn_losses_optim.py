@@ -185,3 +185,16 @@ def test_optimizer_step_checks_its_lists():
     optimizer.reset()
     optimizer.step([np.zeros(4)], [np.ones(4)])
     assert optimizer.iterations == 1
+
+
+def test_linear_decay_schedule():
+    schedule = nn.LinearDecay(0.1, steps=4, final=0.02)
+    assert [schedule(step) for step in range(6)] == pytest.approx(
+        [0.1, 0.08, 0.06, 0.04, 0.02, 0.02], rel=1e-15)
+    # lr 0.1, 0.05, then 0: p = 1 - 0.1 * 0.5 = 0.95, - 0.05 * 0.5 = 0.925, unchanged.
+    optimizer = nn.SGD(nn.LinearDecay(0.1, steps=2))
+    assert _steps(optimizer, [0.5, 0.5, 0.5]) == pytest.approx([0.95, 0.925, 0.925], rel=1e-15)
+    with pytest.raises(ValueError, match="steps"):
+        nn.LinearDecay(0.1, steps=0)
+    with pytest.raises(ValueError, match="lr"):
+        nn.Adam(lambda step: -1.0).step([np.zeros(1)], [np.ones(1)])

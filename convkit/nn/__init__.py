@@ -25,7 +25,7 @@ from convkit.nn.layers import (
 )
 from convkit.nn.losses import Loss, MeanSquaredError, SoftmaxCrossEntropy
 from convkit.nn.model import History, Sequential
-from convkit.nn.optim import SGD, Adam, Optimizer
+from convkit.nn.optim import SGD, Adam, LinearDecay, Optimizer
 
 __all__ = [
     "ACTIVATIONS",
@@ -39,6 +39,7 @@ __all__ = [
     "GlobalAvgPool2D",
     "History",
     "Layer",
+    "LinearDecay",
     "Loss",
     "MaxPool2D",
     "MeanSquaredError",

@@ -23,11 +23,43 @@ def _non_negative(value, name, upper=None):
     return value
 
 
+class LinearDecay:
+    """Learning-rate schedule: ``initial`` at step 0 falling linearly to ``final``
+    at step ``steps`` (and staying there). Pass it as an optimizer's ``lr``.
+
+    >>> Adam(lr=LinearDecay(2e-3, steps=epochs * batches_per_epoch))
+    """
+
+    def __init__(self, initial, steps, final=0.0):
+        self.initial = _non_negative(initial, "initial")
+        self.final = _non_negative(final, "final")
+        if isinstance(steps, (bool, np.bool_)) or not isinstance(steps, numbers.Integral):
+            raise TypeError(f"steps must be a positive int, got {steps!r}")
+        if steps < 1:
+            raise ValueError(f"steps must be a positive int, got {steps!r}")
+        self.steps = int(steps)
+
+    def __call__(self, step):
+        """Learning rate for 0-based ``step``."""
+        return self.initial + (self.final - self.initial) * min(step, self.steps) / self.steps
+
+    def __repr__(self):
+        return f"LinearDecay({self.initial!r}, steps={self.steps}, final={self.final!r})"
+
+
+def _learning_rate(lr):
+    return lr if callable(lr) else _non_negative(lr, "lr")
+
+
 class Optimizer:
-    """Base class: argument checks and the per-parameter state."""
+    """Base class: argument checks and the per-parameter state.
+
+    ``lr`` is a number or a schedule: a callable mapping the 0-based step
+    number to the learning rate (e.g. :class:`LinearDecay`).
+    """
 
     def __init__(self, lr, weight_decay):
-        self.lr = _non_negative(lr, "lr")
+        self.lr = _learning_rate(lr)
         self.weight_decay = _non_negative(weight_decay, "weight_decay")
         self.iterations = 0
         self._state = None
@@ -51,16 +83,17 @@ class Optimizer:
         elif [s[0].shape for s in self._state] != [p.shape for p in params]:
             raise ValueError("step() got a different list of parameters than before; "
                              "call reset() to start over with new parameters")
+        lr = _non_negative(self.lr(self.iterations), "lr") if callable(self.lr) else self.lr
         self.iterations += 1
         for param, grad, state in zip(params, grads, self._state):
             if self.weight_decay:
                 grad = grad + self.weight_decay * param
-            self._update(param, grad, state)
+            self._update(param, grad, state, lr)
 
     def _new_state(self, param):
         raise NotImplementedError
 
-    def _update(self, param, grad, state):
+    def _update(self, param, grad, state, lr):
         raise NotImplementedError
 
     def get_config(self):
@@ -88,9 +121,9 @@ class SGD(Optimizer):
     def _new_state(self, param):
         return [np.zeros_like(param)]
 
-    def _update(self, param, grad, state):
+    def _update(self, param, grad, state, lr):
         if self.momentum == 0:
-            param -= self.lr * grad
+            param -= lr * grad
             return
         velocity = state[0]
         if self.iterations == 1:
@@ -99,7 +132,7 @@ class SGD(Optimizer):
             velocity *= self.momentum
             velocity += grad
         step = grad + self.momentum * velocity if self.nesterov else velocity
-        param -= self.lr * step
+        param -= lr * step
 
     def get_config(self):
         return {"lr": self.lr, "momentum": self.momentum, "nesterov": self.nesterov,
@@ -125,7 +158,7 @@ class Adam(Optimizer):
     def _new_state(self, param):
         return [np.zeros_like(param), np.zeros_like(param)]
 
-    def _update(self, param, grad, state):
+    def _update(self, param, grad, state, lr):
         beta1, beta2 = self.betas
         mean, var = state
         mean *= beta1
@@ -137,7 +170,7 @@ class Adam(Optimizer):
         denom = np.sqrt(var)
         denom /= math.sqrt(correction2)
         denom += self.eps
-        param -= (self.lr / correction1) * mean / denom
+        param -= (lr / correction1) * mean / denom
 
     def get_config(self):
         return {"lr": self.lr, "betas": list(self.betas), "eps": self.eps,
