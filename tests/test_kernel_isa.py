@@ -57,12 +57,13 @@ def _cpu_flags():
 @pytest.mark.parametrize("cap,needs", [("baseline", set()), ("avx2", {"avx2", "fma"}),
                                        ("", {"avx512f", "avx2", "fma"})],
                          ids=["baseline", "avx2", "widest"])
-def test_direct_kernel_variant_matches_reference(cap, needs):
+def test_direct_kernel_variant_matches_reference(cap, needs, tmp_path):
     if not needs <= _cpu_flags():
         pytest.skip(f"this CPU lacks {sorted(needs - _cpu_flags())}")
     env = dict(os.environ, CONVKIT_ISA=cap)
+    # cwd away from the checkout, whose uncompiled convkit/ would shadow the installed one
     result = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True,
-                            text=True, timeout=300)
+                            text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     expected = {"baseline": "baseline", "avx2": "avx2", "": "avx512f"}[cap]
