@@ -43,6 +43,8 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
         Padded cells never win. Explicit padding is at most half the kernel
         size; "same" follows Keras (output ceil(H / stride)).
     dilation : int or (int, int)
+        A dilated window whose taps all fall in the padding raises ValueError
+        (PyTorch returns -inf there, with an index outside the plane).
     ceil_mode : bool
         Round output sizes up; a last window must start inside the input or
         the leading padding.
