@@ -293,8 +293,11 @@ def test_invalid_arguments_in_subprocess(request):
     profile = request.config.getoption("hypothesis_profile", None)
     if profile:
         command.append(f"--hypothesis-profile={profile}")
+    # cwd: "python -m" puts it on sys.path, and the checkout's uncompiled convkit/
+    # must not shadow the installed package.
     result = subprocess.run(command, capture_output=True, text=True, timeout=900,
-                            env={**os.environ, CHILD_ENV: "1"})
+                            env={**os.environ, CHILD_ENV: "1"},
+                            cwd=os.path.dirname(os.path.abspath(__file__)))
     output = result.stdout[-8000:] + result.stderr[-4000:]
     assert result.returncode == 0, f"child pytest exited with {result.returncode}:\n{output}"
     passed = re.search(r"(\d+) passed", result.stdout)
