@@ -251,8 +251,8 @@ def test_make_xo_varies_and_adds_noise():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(n=-1), "n"), (dict(n=2.5), "n"), (dict(n=4, size=4), "size"),
-    (dict(n=4, noise=0.5), "noise"),
+    ({"n": -1}, "n"), ({"n": 2.5}, "n"), ({"n": 4, "size": 4}, "size"),
+    ({"n": 4, "noise": 0.5}, "noise"),
 ])
 def test_make_xo_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):

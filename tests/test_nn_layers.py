@@ -3,7 +3,6 @@ semantics, lazy building, initialisation and argument errors."""
 
 import numpy as np
 import pytest
-
 from _helpers import numerical_gradient
 
 from convkit import nn, reference
@@ -60,12 +59,12 @@ def check_layer_gradients(layer, x, training=False, reset=None):
 
 
 CONV_CASES = [
-    dict(filters=3, kernel_size=3, activation="relu"),
-    dict(filters=4, kernel_size=(2, 3), strides=2, padding="same", activation="tanh"),
-    dict(filters=4, kernel_size=3, padding=1, dilation=2, groups=2, activation="sigmoid"),
-    dict(filters=2, kernel_size=1, use_bias=False),
-    dict(filters=3, kernel_size=2, strides=(1, 2), padding=((1, 0), (0, 2)),
-         activation="softmax"),
+    {"filters": 3, "kernel_size": 3, "activation": "relu"},
+    {"filters": 4, "kernel_size": (2, 3), "strides": 2, "padding": "same", "activation": "tanh"},
+    {"filters": 4, "kernel_size": 3, "padding": 1, "dilation": 2, "groups": 2, "activation": "sigmoid"},
+    {"filters": 2, "kernel_size": 1, "use_bias": False},
+    {"filters": 3, "kernel_size": 2, "strides": (1, 2), "padding": ((1, 0), (0, 2)),
+         "activation": "softmax"},
 ]
 
 
@@ -111,10 +110,10 @@ def test_dense_gradients(activation, use_bias):
 
 
 POOL_CASES = [
-    dict(pool_size=2),
-    dict(pool_size=3, strides=1),
-    dict(pool_size=(2, 3), strides=(2, 1), padding="same"),
-    dict(pool_size=3, strides=2, padding=1),
+    {"pool_size": 2},
+    {"pool_size": 3, "strides": 1},
+    {"pool_size": (2, 3), "strides": (2, 1), "padding": "same"},
+    {"pool_size": 3, "strides": 2, "padding": 1},
 ]
 
 

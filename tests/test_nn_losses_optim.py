@@ -6,7 +6,6 @@ from _helpers import numerical_gradient
 
 from convkit import nn
 
-
 # ---------------------------------------------------------------- losses
 
 def test_softmax_cross_entropy_hand_values():

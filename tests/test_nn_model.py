@@ -42,7 +42,7 @@ def test_summary_matches_keras_counts():
     model.summary(file=out)
     text = out.getvalue()
     rows = {m.group(1): (m.group(2), m.group(3))
-            for m in re.finditer(r"^ (\S+ \(\w+\))\s+(\(None[^)]*\))\s+([\d,]+)$", text, re.M)}
+            for m in re.finditer(r"^ (\S+ \(\w+\))\s+(\(None[^)]*\))\s+([\d,]+)$", text, re.MULTILINE)}
     assert rows == {
         "conv2d (Conv2D)": ("(None, 32, 24, 24)", "832"),
         "max_pool2d (MaxPool2D)": ("(None, 32, 12, 12)", "0"),

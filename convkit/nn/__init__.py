@@ -29,6 +29,7 @@ from convkit.nn.optim import SGD, Adam, LinearDecay, Optimizer
 
 __all__ = [
     "ACTIVATIONS",
+    "SGD",
     "Activation",
     "Adam",
     "AvgPool2D",
@@ -45,7 +46,6 @@ __all__ = [
     "MeanSquaredError",
     "Optimizer",
     "ReLU",
-    "SGD",
     "Sequential",
     "SoftmaxCrossEntropy",
 ]

@@ -429,7 +429,7 @@ class GlobalAvgPool2D(Layer):
         input_shape = self._cached()
         if not input_grad:
             return None
-        N, C, H, W = input_shape
+        H, W = input_shape[2:]
         grad_input = np.empty(input_shape, dtype=grad.dtype)
         grad_input[...] = (grad / (H * W))[:, :, None, None]
         return grad_input

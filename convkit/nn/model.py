@@ -13,6 +13,7 @@ import zlib
 import numpy as np
 
 from convkit._validation import FLOAT_DTYPES
+from convkit.nn.activations import ACTIVATIONS
 from convkit.nn.layers import LAYERS, Layer
 from convkit.nn.losses import SoftmaxCrossEntropy, get_loss
 from convkit.nn.optim import get_optimizer
@@ -256,9 +257,8 @@ class Sequential:
         """Choose the loss (Loss or name) and optimizer (Optimizer or name) for fit."""
         self.loss = get_loss(loss)
         self.optimizer = get_optimizer(optimizer)
-        last = self.layers[-1] if self.layers else None
-        activation = getattr(last, "activation", None)
-        if isinstance(self.loss, SoftmaxCrossEntropy) and getattr(activation, "name", "") == "softmax":
+        activation = getattr(self.layers[-1], "activation", None) if self.layers else None
+        if isinstance(self.loss, SoftmaxCrossEntropy) and activation is ACTIVATIONS["softmax"]:
             warnings.warn("SoftmaxCrossEntropy takes logits, but the last layer applies softmax; "
                           "remove that activation", stacklevel=2)
         return self
@@ -339,7 +339,7 @@ class Sequential:
                     bar.update(seen - first)
                     postfix = {"loss": f"{total_loss / seen:.4f}"}
                     if correct is not None:
-                        postfix["acc"] = f"{total_correct / seen:.4f}"
+                        postfix["accuracy"] = f"{total_correct / seen:.4f}"
                     bar.set_postfix(postfix, refresh=False)
             seconds = time.perf_counter() - start
             metrics = {"loss": total_loss / n}
