@@ -123,12 +123,33 @@ cdef void _max_plane_taps(const floating *x, floating *y, int64_t *idx, int32_t 
     vectorised; the caller ensures the offsets fit.
     """
     cdef int64_t p, q, r, s, r_lo, r_hi, s_lo, s_hi, ih, offset, row_base
+    cdef bint fused_3x3 = R == 3 and S == 3 and dh == 1 and dw == 1
     cdef floating *yrow
     for p in range(P):
         yrow = y + p * Q
+        _valid_range(H, R, dh, p * sh - pt, &r_lo, &r_hi)
+        if fused_3x3 and r_hi - r_lo == 3:
+            # the columns whose three taps lie inside the input, then the border ones
+            _valid_range(W - 2, Q, sw, -pl, &s_lo, &s_hi)
+            # inlined with a constant stride where it is 1 or 2: contiguous or paired loads
+            if sw == 2:
+                _max_row_3x3(x, yrow, idx + p * Q if idx != NULL else NULL, tap, W, s_lo,
+                             s_hi, 2, (p * sh - pt) * W - pl)
+            elif sw == 1:
+                _max_row_3x3(x, yrow, idx + p * Q if idx != NULL else NULL, tap, W, s_lo,
+                             s_hi, 1, (p * sh - pt) * W - pl)
+            else:
+                _max_row_3x3(x, yrow, idx + p * Q if idx != NULL else NULL, tap, W, s_lo,
+                             s_hi, sw, (p * sh - pt) * W - pl)
+            for q in range(s_lo):
+                _max_window(x, yrow + q, idx + p * Q + q if idx != NULL else NULL,
+                            H, W, R, S, dh, dw, p * sh - pt, q * sw - pl)
+            for q in range(s_hi, Q):
+                _max_window(x, yrow + q, idx + p * Q + q if idx != NULL else NULL,
+                            H, W, R, S, dh, dw, p * sh - pt, q * sw - pl)
+            continue
         for q in range(Q):
             yrow[q] = -INFINITY
-        _valid_range(H, R, dh, p * sh - pt, &r_lo, &r_hi)
         if idx != NULL:
             for q in range(Q):
                 offset = q * sw - pl
@@ -150,31 +171,116 @@ cdef void _max_plane_taps(const floating *x, floating *y, int64_t *idx, int32_t 
                 idx[p * Q + q] = row_base + q * sw + tap[q]
 
 
+cdef inline void _max_window(const floating *x, floating *y, int64_t *idx, int64_t H,
+                             int64_t W, int64_t R, int64_t S, int64_t dh, int64_t dw,
+                             int64_t ih0, int64_t iw0) noexcept nogil:
+    """y[0] (and idx[0] unless NULL) of the window with corner (ih0, iw0): PyTorch's loop."""
+    cdef int64_t r, s, r_lo, r_hi, s_lo, s_hi, i, best
+    cdef floating m = -INFINITY, v
+    _valid_range(H, R, dh, ih0, &r_lo, &r_hi)
+    _valid_range(W, S, dw, iw0, &s_lo, &s_hi)
+    best = (ih0 + r_lo * dh) * W + iw0 + s_lo * dw
+    for r in range(r_lo, r_hi):
+        i = (ih0 + r * dh) * W + iw0
+        for s in range(s_lo, s_hi):
+            v = x[i + s * dw]
+            if v > m or v != v:
+                m = v
+                best = i + s * dw
+    y[0] = m
+    if idx != NULL:
+        idx[0] = best
+
+
 cdef void _max_plane_windows(const floating *x, floating *y, int64_t *idx, int64_t H,
                              int64_t W, int64_t P, int64_t Q, int64_t R, int64_t S,
                              int64_t sh, int64_t sw, int64_t pt, int64_t pl, int64_t dh,
                              int64_t dw) noexcept nogil:
-    """One plane, windows order: PyTorch's scalar loop (indices when idx is not NULL)."""
-    cdef int64_t p, q, r, s, r_lo, r_hi, s_lo, s_hi, ih0, iw0, i, best
-    cdef floating m, v
+    """One plane, windows order (indices when idx is not NULL)."""
+    cdef int64_t p, q
     for p in range(P):
-        ih0 = p * sh - pt
-        _valid_range(H, R, dh, ih0, &r_lo, &r_hi)
         for q in range(Q):
-            iw0 = q * sw - pl
-            _valid_range(W, S, dw, iw0, &s_lo, &s_hi)
-            m = -INFINITY
-            best = (ih0 + r_lo * dh) * W + iw0 + s_lo * dw
-            for r in range(r_lo, r_hi):
-                i = (ih0 + r * dh) * W + iw0
-                for s in range(s_lo, s_hi):
-                    v = x[i + s * dw]
-                    if v > m or v != v:
-                        m = v
-                        best = i + s * dw
-            y[p * Q + q] = m
-            if idx != NULL:
-                idx[p * Q + q] = best
+            _max_window(x, y + p * Q + q, idx + p * Q + q if idx != NULL else NULL,
+                        H, W, R, S, dh, dw, p * sh - pt, q * sw - pl)
+
+
+cdef inline void _max_row_3x3(const floating *x, floating *yrow, int64_t *idxrow, int32_t *offset,
+                              int64_t W, int64_t q_lo, int64_t q_hi, int64_t sw,
+                              int64_t corner) noexcept nogil:
+    """Outputs [q_lo, q_hi) of a row of 3x3 windows lying inside the input.
+
+    Window q's corner is x[corner + q*sw]; its nine taps stay in registers
+    (one pass instead of nine over the row). With indices, the winner's
+    offset in its window goes to the int32 row ``offset`` first, as in
+    _max_plane_2x2.
+    """
+    cdef int64_t q
+    cdef int32_t t, W32 = <int32_t> W
+    cdef const floating *a = x + corner
+    cdef const floating *b = a + W
+    cdef const floating *c = b + W
+    cdef floating m, v
+    cdef bint take
+    if idxrow == NULL:
+        for q in range(q_lo, q_hi):
+            m = a[q * sw]
+            v = a[q * sw + 1]
+            m = v if (v > m) | (v != v) else m
+            v = a[q * sw + 2]
+            m = v if (v > m) | (v != v) else m
+            v = b[q * sw]
+            m = v if (v > m) | (v != v) else m
+            v = b[q * sw + 1]
+            m = v if (v > m) | (v != v) else m
+            v = b[q * sw + 2]
+            m = v if (v > m) | (v != v) else m
+            v = c[q * sw]
+            m = v if (v > m) | (v != v) else m
+            v = c[q * sw + 1]
+            m = v if (v > m) | (v != v) else m
+            v = c[q * sw + 2]
+            m = v if (v > m) | (v != v) else m
+            yrow[q] = m
+        return
+    for q in range(q_lo, q_hi):
+        m = a[q * sw]
+        t = 0
+        v = a[q * sw + 1]
+        take = (v > m) | (v != v)
+        m = v if take else m
+        t = 1 if take else t
+        v = a[q * sw + 2]
+        take = (v > m) | (v != v)
+        m = v if take else m
+        t = 2 if take else t
+        v = b[q * sw]
+        take = (v > m) | (v != v)
+        m = v if take else m
+        t = W32 if take else t
+        v = b[q * sw + 1]
+        take = (v > m) | (v != v)
+        m = v if take else m
+        t = W32 + 1 if take else t
+        v = b[q * sw + 2]
+        take = (v > m) | (v != v)
+        m = v if take else m
+        t = W32 + 2 if take else t
+        v = c[q * sw]
+        take = (v > m) | (v != v)
+        m = v if take else m
+        t = 2 * W32 if take else t
+        v = c[q * sw + 1]
+        take = (v > m) | (v != v)
+        m = v if take else m
+        t = 2 * W32 + 1 if take else t
+        v = c[q * sw + 2]
+        take = (v > m) | (v != v)
+        m = v if take else m
+        t = 2 * W32 + 2 if take else t
+        yrow[q] = m
+        offset[q] = t
+    for q in range(q_lo, q_hi):
+        idxrow[q] = corner + q * sw + offset[q]
 
 
 cdef void _max_plane_2x2(const floating *x, floating *y, int64_t *idx, int32_t *offset,
