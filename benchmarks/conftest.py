@@ -23,12 +23,12 @@ SEED = 0
 REFERENCE_ROUNDS = 3
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _case(op, shape):
     return Case(op, shape, seed=SEED)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _expected(op, shape):
     return _case(op, shape).reference()()
 

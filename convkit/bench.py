@@ -229,8 +229,8 @@ class Case:
         return self.shape.kernel, self.shape.stride, self.shape.padding
 
     def _conv_kwargs(self):
-        return dict(stride=self.shape.stride, padding=self.shape.padding,
-                    groups=self.shape.groups)
+        return {"stride": self.shape.stride, "padding": self.shape.padding,
+                "groups": self.shape.groups}
 
     def convkit(self, method=None):
         """Callable running convkit's op (``method`` for conv ops only)."""
@@ -243,11 +243,11 @@ class Case:
     def _numpy_call(self, module, method):
         x, grad_output = self.x, self.grad_output
         if self.op == "conv2d":
-            kwargs = dict(self._conv_kwargs(), method=method)
+            kwargs = {**self._conv_kwargs(), "method": method}
             return lambda: (module.conv2d(x, self.weight, **kwargs),)
         if self.op == "conv2d_backward":
-            kwargs = dict(self._conv_kwargs(), method=method,
-                          output_mask=(True, True, False))
+            kwargs = {**self._conv_kwargs(), "method": method,
+                      "output_mask": (True, True, False)}
             return lambda: module.conv2d_backward(grad_output, x, self.weight, **kwargs)[:2]
         args = self._pool_args()
         if self.op == "max_pool2d":
@@ -502,12 +502,12 @@ def format_report(report, markdown=False):
         f"OpenMP: {'on' if machine['openmp'] else 'off (kernels run serially)'}",
         f"BLAS: {machine['blas']}",
         f"{gemm_name} ({size}x{size}x{size}, np.matmul): {gemm_text}",
-        f"convkit {machine['convkit']}, numpy {machine['numpy']}, "
-        f"torch {machine['torch'] or 'not installed'}, python {machine['python']}",
-        f"dtype {config['dtype']}, threads {','.join(map(str, threads))}, "
-        f"{'--quick' if config['quick'] else 'full'} run, {machine['date']}",
-        f"speedups > 1 mean convkit is faster; rel err = max|convkit - reference| / "
-        f"max|reference|, tolerance {config['tolerance']:g}",
+        (f"convkit {machine['convkit']}, numpy {machine['numpy']}, "
+         f"torch {machine['torch'] or 'not installed'}, python {machine['python']}"),
+        (f"dtype {config['dtype']}, threads {','.join(map(str, threads))}, "
+         f"{'--quick' if config['quick'] else 'full'} run, {machine['date']}"),
+        (f"speedups > 1 mean convkit is faster; rel err = max|convkit - reference| / "
+         f"max|reference|, tolerance {config['tolerance']:g}"),
     ]
     columns = ["op", "method", "shape"]
     multi = len(threads) > 1
