@@ -14,6 +14,8 @@ Two loop orders. "Taps": for each output row, each kernel tap updates the
 whole row, so the inner loop runs along q and vectorises (small kernels).
 "Windows": each output scans its own window row by row (kernels wider than
 the output, global pooling), where the taps order would loop over one q.
+Fast paths keep a whole window in registers while vectorising along q:
+kernel 2 stride 2 without padding, and max over 3x3 windows inside the input.
 Max pooling follows PyTorch's CPU rule, taps in row-major window order:
 take ``v`` when ``v > max or isnan(v)``, so ties keep the first maximum and
 a NaN window reports its last NaN. A window starts at -inf pointing at its
