@@ -68,8 +68,10 @@ RSS_SCRIPT = textwrap.dedent("""
 @pytest.fixture(scope="module")
 def rss_growth():
     """{kernel: (rss before, rss after)} of 10,000 calls, measured in a fresh interpreter."""
+    # cwd away from the checkout, whose uncompiled convkit/ would shadow the installed one
     result = subprocess.run([sys.executable, "-c", RSS_SCRIPT, str(CALLS)],
-                            capture_output=True, text=True, timeout=300)
+                            capture_output=True, text=True, timeout=300,
+                            cwd=os.path.dirname(os.path.abspath(__file__)))
     assert result.returncode == 0, result.stderr[-4000:]
     return json.loads(result.stdout.splitlines()[-1])
 
