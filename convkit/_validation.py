@@ -87,18 +87,20 @@ def resolve_padding(padding, input_hw, kernel_hw, stride, dilation, name="paddin
 
 
 def output_size(size, kernel, stride, pad_before, pad_after, dilation=1, ceil_mode=False):
-    """Number of windows along one axis (PyTorch's rule, ``cover_all``-free).
+    """Number of windows along one axis, by PyTorch's rule.
 
-    With ``ceil_mode`` a last partial window is added only if it starts inside
-    the input or the leading padding, never wholly in the trailing padding.
+    With ``ceil_mode`` the division rounds up (so a kernel overhanging the
+    padded input by less than a stride still gives one window), but a last
+    window must start inside the input or the leading padding, never wholly
+    in the trailing padding.
     """
     span = size + pad_before + pad_after - effective_kernel(kernel, dilation)
+    if ceil_mode:
+        span += stride - 1
     if span < 0:
         return 0
-    if not ceil_mode:
-        return span // stride + 1
-    out = -(-span // stride) + 1
-    if (out - 1) * stride >= size + pad_before:
+    out = span // stride + 1
+    if ceil_mode and (out - 1) * stride >= size + pad_before:
         out -= 1
     return out
 
@@ -321,20 +323,6 @@ def check_shape(shape, ndim, name, layout):
     return items
 
 
-def pool_output_size(size, kernel, stride, pad_before, pad_after, dilation, ceil_mode):
-    """:func:`output_size` with PyTorch's pooling quirk for overhanging kernels.
-
-    PyTorch rounds ``(span + stride - 1) // stride + 1`` in ceil_mode even
-    when the dilated kernel is longer than the padded input (``span < 0``):
-    an overhang shorter than the stride still gives one window, cut at the
-    end of the input.
-    """
-    span = size + pad_before + pad_after - effective_kernel(kernel, dilation)
-    if ceil_mode and -stride < span < 0:
-        return 1
-    return output_size(size, kernel, stride, pad_before, pad_after, dilation, ceil_mode)
-
-
 def _window_without_input(size, kernel, stride, pad_before, dilation, count):
     """First window along one axis whose taps all fall in the padding, or None.
 
@@ -377,8 +365,8 @@ def pool_geometry(x_shape, kernel_size, stride, padding, dilation, ceil_mode, x_
             if pad > kernel[axis] // 2:
                 raise ValueError(f"padding must be at most half of kernel_size {kernel} on "
                                  f"every side, got {side} padding {pad} (padding={padding!r})")
-    P = pool_output_size(H, kernel[0], stride[0], *pads[0], dilation[0], ceil_mode)
-    Q = pool_output_size(W, kernel[1], stride[1], *pads[1], dilation[1], ceil_mode)
+    P = output_size(H, kernel[0], stride[0], *pads[0], dilation[0], ceil_mode)
+    Q = output_size(W, kernel[1], stride[1], *pads[1], dilation[1], ceil_mode)
     if P < 1 or Q < 1:
         raise ValueError(
             f"kernel_size {kernel} (dilation {dilation}, extent "
