@@ -268,7 +268,7 @@ def check_output_mask(output_mask):
 
 
 def check_method(method):
-    if method not in ("auto", "direct", "im2col"):
+    if not isinstance(method, str) or method not in ("auto", "direct", "im2col"):
         raise ValueError(f"method must be 'auto', 'direct' or 'im2col', got {method!r}")
     return method
 

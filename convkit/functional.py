@@ -6,7 +6,6 @@ copied to C order only when needed.
 """
 
 import contextlib
-import numbers
 
 import numpy as np
 
@@ -22,6 +21,7 @@ from convkit._validation import (
     check_method,
     check_ndim,
     check_output_mask,
+    check_shape,
     contiguous,
     conv_geometry,
     positive_pair,
@@ -411,16 +411,7 @@ def col2im(cols, input_shape, kernel_size, stride=1, padding=0, dilation=1):
     Entries that im2col read from the same pixel are summed.
     """
     cols = check_float_array(cols, "cols")
-    try:
-        items = tuple(input_shape)
-    except TypeError:
-        raise TypeError(f"input_shape must be a tuple (N, C, H, W), got {input_shape!r}") from None
-    if not all(isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
-               for v in items):
-        raise TypeError(f"input_shape must be a tuple of ints (N, C, H, W), got {input_shape!r}")
-    input_shape = tuple(int(v) for v in items)
-    if len(input_shape) != 4:
-        raise ValueError(f"input_shape must be (N, C, H, W), got {input_shape}")
+    input_shape = check_shape(input_shape, 4, "input_shape", "(N, C, H, W)")
     g = _unfold_geometry(input_shape, kernel_size, stride, padding, dilation)
     expected = (g.N, g.C * g.R * g.S, g.P * g.Q)
     if cols.shape != expected:

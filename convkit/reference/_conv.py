@@ -16,6 +16,7 @@ from convkit._validation import (
     check_method,
     check_ndim,
     check_output_mask,
+    check_shape,
     conv_geometry,
     output_size,
     positive_pair,
@@ -119,9 +120,7 @@ def im2col(x, kernel_size, stride=1, padding=0, dilation=1):
 def col2im(cols, input_shape, kernel_size, stride=1, padding=0, dilation=1):
     """Reference col2im, the adjoint of im2col: (N, C*R*S, P*Q) -> (N, C, H, W)."""
     cols = check_float_array(cols, "cols")
-    input_shape = tuple(int(v) for v in input_shape)
-    if len(input_shape) != 4:
-        raise ValueError(f"input_shape must be (N, C, H, W), got {input_shape}")
+    input_shape = check_shape(input_shape, 4, "input_shape", "(N, C, H, W)")
     kernel, stride, pads, dilation, (P, Q) = _unfold_geometry(
         input_shape, kernel_size, stride, padding, dilation)
     N, C = input_shape[:2]
