@@ -63,6 +63,22 @@ def _read_exact(file, size, path, what):
     return data
 
 
+def _check_plausible_size(path, expected, shape):
+    """Refuse a header whose sizes the file cannot hold, before allocating for it.
+
+    A plain file must be exactly that long; a gzip file cannot expand more
+    than deflate's limit of about 1032:1.
+    """
+    size = path.stat().st_size
+    if path.suffix == ".gz":
+        if expected > 1032 * size + 1024:
+            raise ValueError(f"{path}: corrupt header, shape {shape} needs {expected} bytes but "
+                             f"{size} compressed bytes cannot hold them")
+    elif expected > size:
+        raise ValueError(f"{path}: truncated, shape {shape} needs {expected} bytes but the file "
+                         f"has {size}")
+
+
 def read_idx(path):
     """Read an IDX file (gzip-compressed when the name ends in .gz) into an array.
 
@@ -81,6 +97,8 @@ def read_idx(path):
             ndim = magic[3]
             shape = struct.unpack(f">{ndim}I", _read_exact(file, 4 * ndim, path, "header"))
             dtype = IDX_DTYPES[magic[2]]
+            _check_plausible_size(path, 4 + 4 * ndim + int(np.prod(shape, dtype=object))
+                                  * dtype.itemsize, shape)
             data = np.empty(shape, dtype=dtype)
             view = memoryview(data).cast("B")
             got = file.readinto(view) if data.nbytes else 0

@@ -257,3 +257,11 @@ def test_make_xo_varies_and_adds_noise():
 def test_make_xo_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         datasets.make_xo(**kwargs)
+
+
+@pytest.mark.parametrize("suffix", [".gz", ""])
+def test_read_idx_refuses_absurd_dimensions_before_allocating(tmp_path, suffix):
+    header = bytes([0, 0, 0x0E, 3]) + struct.pack(">3I", 2**31, 2**31, 2**31)
+    path = write(tmp_path / ("huge" + suffix), header + bytes(64))
+    with pytest.raises(ValueError, match=r"huge.*\(2147483648, 2147483648, 2147483648\)"):
+        datasets.read_idx(path)

@@ -186,9 +186,10 @@ def test_progress_bar_shows_loss_accuracy_and_rate(xo, capsys):
     pytest.importorskip("tqdm")
     model = small_cnn()
     model.compile()
-    model.fit(*xo, epochs=1, batch_size=64, verbose=1)
+    model.fit(*xo, epochs=1, batch_size=64, verbose=1, validation_data=xo)
     err = capsys.readouterr().err
     assert "Epoch 1/1" in err and "img/s" in err and "loss=" in err and "accuracy=" in err
+    assert re.search(r"^val_loss: [\d.]+ - val_accuracy: [\d.]+$", err, re.M)
 
 
 def test_plain_line_without_tqdm(xo, capsys, monkeypatch):

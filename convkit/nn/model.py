@@ -345,23 +345,25 @@ class Sequential:
             metrics = {"loss": total_loss / n}
             if correct is not None:
                 metrics["accuracy"] = total_correct / n
+            if bar is not None:
+                # Closed before validating, so its img/s counts training only.
+                bar.set_postfix({key: f"{value:.4f}" for key, value in metrics.items()})
+                bar.close()
             if validation_data is not None:
                 val_loss, val_accuracy = self.evaluate(*validation_data)
                 metrics["val_loss"] = val_loss
                 if val_accuracy is not None:
                     metrics["val_accuracy"] = val_accuracy
+            if bar is not None and validation_data is not None:
+                tqdm.write(" - ".join(f"{key}: {value:.4f}" for key, value in metrics.items()
+                                      if key.startswith("val_")), file=sys.stderr)
+            elif bar is None and verbose:
+                parts = [f"Epoch {epoch}/{epochs}", f"{seconds:.1f}s", f"{n / seconds:.0f} img/s"]
+                parts += [f"{key}: {value:.4f}" for key, value in metrics.items()]
+                print(" - ".join(parts), flush=True)
             metrics["seconds"] = seconds
             for key, value in metrics.items():
                 history.setdefault(key, []).append(value)
-            if bar is not None:
-                bar.set_postfix({key: f"{value:.4f}" for key, value in metrics.items()
-                                 if key != "seconds"})
-                bar.close()
-            elif verbose:
-                parts = [f"Epoch {epoch}/{epochs}", f"{seconds:.1f}s", f"{n / seconds:.0f} img/s"]
-                parts += [f"{key}: {value:.4f}" for key, value in metrics.items()
-                          if key != "seconds"]
-                print(" - ".join(parts), flush=True)
         return history
 
     def evaluate(self, x, y, batch_size=256):
