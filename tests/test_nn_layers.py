@@ -61,7 +61,8 @@ def check_layer_gradients(layer, x, training=False, reset=None):
 CONV_CASES = [
     {"filters": 3, "kernel_size": 3, "activation": "relu"},
     {"filters": 4, "kernel_size": (2, 3), "strides": 2, "padding": "same", "activation": "tanh"},
-    {"filters": 4, "kernel_size": 3, "padding": 1, "dilation": 2, "groups": 2, "activation": "sigmoid"},
+    {"filters": 4, "kernel_size": 3, "padding": 1, "dilation": 2, "groups": 2,
+     "activation": "sigmoid"},
     {"filters": 2, "kernel_size": 1, "use_bias": False},
     {"filters": 3, "kernel_size": 2, "strides": (1, 2), "padding": ((1, 0), (0, 2)),
          "activation": "softmax"},

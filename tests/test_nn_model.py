@@ -41,8 +41,8 @@ def test_summary_matches_keras_counts():
     out = io.StringIO()
     model.summary(file=out)
     text = out.getvalue()
-    rows = {m.group(1): (m.group(2), m.group(3))
-            for m in re.finditer(r"^ (\S+ \(\w+\))\s+(\(None[^)]*\))\s+([\d,]+)$", text, re.MULTILINE)}
+    row = re.compile(r"^ (\S+ \(\w+\))\s+(\(None[^)]*\))\s+([\d,]+)$", re.MULTILINE)
+    rows = {m.group(1): (m.group(2), m.group(3)) for m in row.finditer(text)}
     assert rows == {
         "conv2d (Conv2D)": ("(None, 32, 24, 24)", "832"),
         "max_pool2d (MaxPool2D)": ("(None, 32, 12, 12)", "0"),
@@ -189,7 +189,7 @@ def test_progress_bar_shows_loss_accuracy_and_rate(xo, capsys):
     model.fit(*xo, epochs=1, batch_size=64, verbose=1, validation_data=xo)
     err = capsys.readouterr().err
     assert "Epoch 1/1" in err and "img/s" in err and "loss=" in err and "accuracy=" in err
-    assert re.search(r"^val_loss: [\d.]+ - val_accuracy: [\d.]+$", err, re.M)
+    assert re.search(r"^val_loss: [\d.]+ - val_accuracy: [\d.]+$", err, re.MULTILINE)
 
 
 def test_plain_line_without_tqdm(xo, capsys, monkeypatch):
