@@ -427,8 +427,9 @@ class Sequential:
     def save(self, path):
         """Write the architecture (JSON) and the weights to one .npz file at ``path``.
 
-        The file is written under a temporary name and renamed, so a crash
-        never leaves a half-written model at ``path``.
+        ``path`` is used as given (no suffix is added). The file is written
+        under a temporary name and renamed, so a crash never leaves a
+        half-written model at ``path``. The optimizer's state is not saved.
         """
         if not self.built:
             raise ValueError(f"{self.name!r} is not built yet; nothing to save")
