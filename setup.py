@@ -4,6 +4,8 @@ Environment switches (all optional):
 
 CONVKIT_REQUIRE_OPENMP=1  fail the build when the compiler cannot do OpenMP
                           (the default is a warning and a serial build).
+CONVKIT_NO_OPENMP=1       build serial kernels even where OpenMP works (what a
+                          compiler without OpenMP gets; for testing that path).
 CONVKIT_NATIVE=1          add -march=native (not portable: the wheel only runs
                           on CPUs like the one that built it).
 CONVKIT_DEBUG=1           -O0 -g and Cython bounds/wraparound checks back on.
@@ -110,10 +112,11 @@ class BuildExt(build_ext):
             compile_args += san + ["-g"]
             link_args += san
 
-        openmp = _openmp_flags(compiler)
+        openmp = None if _flag("CONVKIT_NO_OPENMP") else _openmp_flags(compiler)
         if openmp is None:
-            message = ("convkit: the C compiler does not support OpenMP; building "
-                       "serial kernels (show_config() will say so).")
+            message = ("convkit: no OpenMP (the C compiler does not support it, or "
+                       "CONVKIT_NO_OPENMP is set); building serial kernels "
+                       "(show_config() will say so).")
             if _flag("CONVKIT_REQUIRE_OPENMP"):
                 raise RuntimeError(message + " CONVKIT_REQUIRE_OPENMP is set.")
             warnings.warn(message)
