@@ -31,6 +31,7 @@ def show_config(file=None):
     import numpy as np
 
     from convkit import _threads
+    from convkit import _lib
     from convkit._lib import _conv, _openmp
 
     info = _openmp.build_info()
@@ -51,6 +52,7 @@ def show_config(file=None):
         f"{_conv.kernel_isa()} (picked at import; CONVKIT_ISA=avx2|baseline caps it)",
         f"BLAS (NumPy's, used by method='im2col'): {blas_text}",
         f"threads: {get_num_threads()}",
+        f"OpenMP wait policy: {_lib.WAIT_POLICY}",
         f"im2col workspace limit: {get_workspace_limit() / (1 << 20):g} MiB",
     ]
     print("\n".join(lines), file=file or sys.stdout)
