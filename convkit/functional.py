@@ -149,10 +149,9 @@ def _pack_input(x, g, layout, n_threads):
     return packed
 
 
-def _pack_weight(weight, g):
+def _pack_weight(weight, g, kb):
     """(G, blocks, C/G, R*S, kb) weights: kb output channels side by side."""
     G, Kg, Cg = g.groups, g.K_per_group, g.C_per_group
-    kb = _conv.CHANNEL_BLOCK if Kg >= 4 else 1
     blocks = -(-Kg // kb)
     w = weight.reshape(G, Kg, Cg, g.R * g.S)
     if blocks * kb != Kg:
@@ -160,14 +159,31 @@ def _pack_weight(weight, g):
     return np.ascontiguousarray(w.reshape(G, blocks, kb, Cg, g.R * g.S).transpose(0, 1, 3, 4, 2))
 
 
+def _channel_vector(g, itemsize, Wph):
+    """Whether the channel-vector kernel beats the grid kernel for ``g``.
+
+    It wastes no grid column but stores transposed, which pays where the
+    grid wastes a sizeable share of every row and C/G*R*S is large.
+    """
+    block = _conv.channel_vector_block(itemsize)
+    return (g.K_per_group >= block and g.C_per_group * g.R * g.S >= 128
+            and (Wph - g.Q) * 8 >= Wph)
+
+
 def _forward_direct(x, weight, bias, g, y, n_threads):
     layout = _phase_layout(g)
     packed = _pack_input(x, g, layout, n_threads)
     bias = np.zeros(g.K, x.dtype) if bias is None else contiguous(bias)
-    weight = _pack_weight(weight, g)
+    channel_vector = _channel_vector(g, x.itemsize, layout[1])
+    if channel_vector:
+        kb = _conv.channel_vector_block(x.itemsize)
+    else:
+        kb = _conv.CHANNEL_BLOCK if g.K_per_group >= 4 else 1
+    weight = _pack_weight(weight, g, kb)
     gstride = g.P * layout[1] + _conv.PLANE_SLACK
-    scratch = np.empty((n_threads, weight.shape[-1] * gstride), dtype=x.dtype)
-    _conv.forward_packed(packed, weight, layout[3], bias, y, scratch, layout[1], n_threads)
+    scratch = np.empty((n_threads, 1 if channel_vector else kb * gstride), dtype=x.dtype)
+    _conv.forward_packed(packed, weight, layout[3], bias, y, scratch, layout[1],
+                         channel_vector, n_threads)
 
 
 def _grad_input_direct(grad_output, weight, g, n_threads):

@@ -23,6 +23,8 @@ cases = [
     ((2, 4, 10, 10), (4, 1, 3, 3), dict(groups=4, padding="same")),      # 1-channel blocks
     ((1, 5, 13, 12), (10, 5, 4, 2), dict(stride=(2, 3), dilation=(2, 1), padding=((1, 2), (0, 3)))),
     ((3, 8, 7, 40), (9, 8, 2, 5), dict(padding=(1, 2))),                 # wide rows, K tail
+    ((2, 32, 9, 7), (40, 32, 3, 3), dict(stride=2, padding=1)),          # channel-vector kernel
+    ((2, 16, 6, 6), (33, 16, 3, 3), dict(padding=2, dilation=2)),        # channel-vector, K tail
 ]
 worst = 0.0
 rng = np.random.default_rng(0)

@@ -165,8 +165,12 @@ cdef extern from "_direct.h" nogil:
         const char *isa
         ck_fwd_f32_t fwd_f32
         ck_fwd_f32_t fwd1_f32
+        ck_fwd_f32_t fwdk_f32
         ck_fwd_f64_t fwd_f64
         ck_fwd_f64_t fwd1_f64
+        ck_fwd_f64_t fwdk_f64
+        int kvec_f32
+        int kvec_f64
         ck_gw_f32_t gw_f32
         ck_gw_f64_t gw_f64
     ck_kernels_t ck_kernels
@@ -185,6 +189,11 @@ _select_kernels()
 
 CHANNEL_BLOCK = CK_KB
 PLANE_SLACK = CK_SLACK
+
+
+def channel_vector_block(itemsize):
+    """Output channels per block of the channel-vector forward kernel (by dtype size)."""
+    return ck_kernels.kvec_f32 if itemsize == 4 else ck_kernels.kvec_f64
 
 
 def kernel_isa():
@@ -237,8 +246,13 @@ def forward_packed(const floating[:, :, :, ::1] xpk,      # IN  (N, C, phases, p
                    const floating[::1] bias,              # IN  (K,)
                    floating[:, :, :, ::1] y,              # OUT (N, K, P, Q)
                    floating[:, ::1] scratch,              # (n_threads, kb * gstride)
-                   int64_t Wph, int n_threads):
-    """y = conv of the packed input with the packed weights (see _direct.h)."""
+                   int64_t Wph, bint channel_vector, int n_threads):
+    """y = conv of the packed input with the packed weights (see _direct.h).
+
+    kb (the weights' last axis) selects the kernel: CK_KB output channels
+    over grid vectors, 1 channel over grid vectors, or, with
+    ``channel_vector``, channel_vector_block() channels in the vector lanes.
+    """
     cdef int64_t N = xpk.shape[0], C = xpk.shape[1]
     cdef int64_t chan_stride = xpk.shape[2] * xpk.shape[3]
     cdef int64_t G = wpk.shape[0], blocks = wpk.shape[1], Cg = wpk.shape[2]
@@ -259,12 +273,14 @@ def forward_packed(const floating[:, :, :, ::1] xpk,      # IN  (N, C, phases, p
             kcount = kb
         grid = &scratch[omp_get_thread_num(), 0]
         if floating is float:
-            (kern.fwd_f32 if kb == CK_KB else kern.fwd1_f32)(
+            (kern.fwdk_f32 if channel_vector else kern.fwd_f32 if kb == CK_KB
+             else kern.fwd1_f32)(
                 &xpk[n, g * Cg, 0, 0], &wpk[g, blk, 0, 0, 0], &tap_off[0], Cg, RS,
                 chan_stride, Wph, Q, P, grid, gstride, &y[n, g * Kg + k0, 0, 0], P * Q,
                 kcount, &bias[g * Kg + k0])
         else:
-            (kern.fwd_f64 if kb == CK_KB else kern.fwd1_f64)(
+            (kern.fwdk_f64 if channel_vector else kern.fwd_f64 if kb == CK_KB
+             else kern.fwd1_f64)(
                 &xpk[n, g * Cg, 0, 0], &wpk[g, blk, 0, 0, 0], &tap_off[0], Cg, RS,
                 chan_stride, Wph, Q, P, grid, gstride, &y[n, g * Kg + k0, 0, 0], P * Q,
                 kcount, &bias[g * Kg + k0])

@@ -83,6 +83,59 @@
             }                                                                          \
     }
 
+/* Channel-vector forward: a block of VL*KV output channels lies in the vector
+ * lanes and QB output positions are enumerated exactly (p*Q + q, across
+ * rows), so no grid column is wasted; input values are broadcast. The sum
+ * over (c, t) runs in the same order as in CK_DEFINE_FORWARD. Weights are
+ * packed [c][t][VL*KV]. Worth it where the grid wastes much (Wph - Q large
+ * against Q) and C*R*S is large enough to hide the transposed stores. */
+#define CK_DEFINE_FORWARD_KVEC(NAME, T, VBYTES, KV, QB, ATTR)                          \
+    ATTR static void NAME(const T *x, const T *w, const int64_t *tap_off,              \
+                          int64_t Cg, int64_t RS, int64_t chan_stride,                 \
+                          int64_t Wph, int64_t Q, int64_t P, T *grid, int64_t gstride, \
+                          T *out, int64_t out_kstride, int64_t kcount,                 \
+                          const T *bias)                                               \
+    {                                                                                  \
+        typedef T V __attribute__((vector_size(VBYTES)));                              \
+        enum { VL = VBYTES / sizeof(T), KBW = VL * KV };                               \
+        int64_t j0, i, c, t, v, l, npos = P * Q;                                       \
+        (void)grid;                                                                    \
+        (void)gstride;                                                                 \
+        for (j0 = 0; j0 < npos; j0 += QB) {                                            \
+            int64_t pos[QB], count = npos - j0 < QB ? npos - j0 : QB;                  \
+            V acc[QB][KV];                                                             \
+            for (i = 0; i < QB; i++) {                                                 \
+                int64_t j = j0 + (i < count ? i : 0);                                  \
+                pos[i] = (j / Q) * Wph + j % Q;                                        \
+                for (v = 0; v < KV; v++)                                               \
+                    acc[i][v] = (V){0};                                                \
+            }                                                                          \
+            for (c = 0; c < Cg; c++) {                                                 \
+                const T *xc = x + c * chan_stride;                                     \
+                const T *wc = w + c * RS * KBW;                                        \
+                for (t = 0; t < RS; t++) {                                             \
+                    const T *xt = xc + tap_off[t];                                     \
+                    V wv[KV];                                                          \
+                    for (v = 0; v < KV; v++)                                           \
+                        memcpy(&wv[v], wc + t * KBW + v * VL, sizeof(V));              \
+                    for (i = 0; i < QB; i++) {                                         \
+                        T xs = xt[pos[i]];                                             \
+                        for (v = 0; v < KV; v++)                                       \
+                            acc[i][v] += wv[v] * xs;                                   \
+                    }                                                                  \
+                }                                                                      \
+            }                                                                          \
+            for (i = 0; i < count; i++)                                                \
+                for (v = 0; v < KV; v++) {                                             \
+                    T lanes[VL];                                                       \
+                    memcpy(lanes, &acc[i][v], sizeof(lanes));                          \
+                    for (l = 0; l < VL && v * VL + l < kcount; l++)                    \
+                        out[(v * VL + l) * out_kstride + j0 + i] =                     \
+                            lanes[l] + bias[v * VL + l];                               \
+                }                                                                      \
+        }                                                                              \
+    }
+
 /* ---- grad_weight ------------------------------------------------------- */
 
 /* gw[kb][t] = sum_n sum_j gy[n][kb][j] * x[n][off(t) + j] for KB2 channels and
@@ -155,6 +208,8 @@ CK_DEFINE_FORWARD(ck_fwd_f32_base, float, 16, CK_KB, 2, CK_BASE)
 CK_DEFINE_FORWARD(ck_fwd_f64_base, double, 16, CK_KB, 2, CK_BASE)
 CK_DEFINE_FORWARD(ck_fwd1_f32_base, float, 16, 1, 4, CK_BASE)
 CK_DEFINE_FORWARD(ck_fwd1_f64_base, double, 16, 1, 4, CK_BASE)
+CK_DEFINE_FORWARD_KVEC(ck_fwdk_f32_base, float, 16, 4, 3, CK_BASE)
+CK_DEFINE_FORWARD_KVEC(ck_fwdk_f64_base, double, 16, 4, 3, CK_BASE)
 CK_DEFINE_GRAD_WEIGHT(ck_gw_f32_base, float, 16, 2, CK_BASE)
 CK_DEFINE_GRAD_WEIGHT(ck_gw_f64_base, double, 16, 2, CK_BASE)
 #if CK_X86
@@ -162,12 +217,16 @@ CK_DEFINE_FORWARD(ck_fwd_f32_avx2, float, 32, CK_KB, 1, CK_AVX2)
 CK_DEFINE_FORWARD(ck_fwd_f64_avx2, double, 32, CK_KB, 1, CK_AVX2)
 CK_DEFINE_FORWARD(ck_fwd1_f32_avx2, float, 32, 1, 4, CK_AVX2)
 CK_DEFINE_FORWARD(ck_fwd1_f64_avx2, double, 32, 1, 4, CK_AVX2)
+CK_DEFINE_FORWARD_KVEC(ck_fwdk_f32_avx2, float, 32, 2, 6, CK_AVX2)
+CK_DEFINE_FORWARD_KVEC(ck_fwdk_f64_avx2, double, 32, 2, 6, CK_AVX2)
 CK_DEFINE_GRAD_WEIGHT(ck_gw_f32_avx2, float, 32, 2, CK_AVX2)
 CK_DEFINE_GRAD_WEIGHT(ck_gw_f64_avx2, double, 32, 2, CK_AVX2)
 CK_DEFINE_FORWARD(ck_fwd_f32_avx512, float, 64, CK_KB, 2, CK_AVX512)
 CK_DEFINE_FORWARD(ck_fwd_f64_avx512, double, 64, CK_KB, 2, CK_AVX512)
 CK_DEFINE_FORWARD(ck_fwd1_f32_avx512, float, 64, 1, 8, CK_AVX512)
 CK_DEFINE_FORWARD(ck_fwd1_f64_avx512, double, 64, 1, 8, CK_AVX512)
+CK_DEFINE_FORWARD_KVEC(ck_fwdk_f32_avx512, float, 64, 2, 8, CK_AVX512)
+CK_DEFINE_FORWARD_KVEC(ck_fwdk_f64_avx512, double, 64, 2, 8, CK_AVX512)
 CK_DEFINE_GRAD_WEIGHT(ck_gw_f32_avx512, float, 64, 3, CK_AVX512)
 CK_DEFINE_GRAD_WEIGHT(ck_gw_f64_avx512, double, 64, 3, CK_AVX512)
 #endif
@@ -186,15 +245,16 @@ typedef void (*ck_gw_f64_t)(const double *, int64_t, int64_t, int64_t, const dou
 
 typedef struct {
     const char *isa;
-    ck_fwd_f32_t fwd_f32, fwd1_f32;
-    ck_fwd_f64_t fwd_f64, fwd1_f64;
+    ck_fwd_f32_t fwd_f32, fwd1_f32, fwdk_f32;
+    ck_fwd_f64_t fwd_f64, fwd1_f64, fwdk_f64;
+    int kvec_f32, kvec_f64; /* output channels per block of fwdk_* */
     ck_gw_f32_t gw_f32;
     ck_gw_f64_t gw_f64;
 } ck_kernels_t;
 
 static ck_kernels_t ck_kernels = {
-    "baseline", ck_fwd_f32_base, ck_fwd1_f32_base, ck_fwd_f64_base, ck_fwd1_f64_base,
-    ck_gw_f32_base, ck_gw_f64_base};
+    "baseline", ck_fwd_f32_base, ck_fwd1_f32_base, ck_fwdk_f32_base, ck_fwd_f64_base,
+    ck_fwd1_f64_base, ck_fwdk_f64_base, 16, 8, ck_gw_f32_base, ck_gw_f64_base};
 
 /* Pick the widest variant this CPU runs; CONVKIT_ISA=avx2|baseline caps it. */
 static void ck_select_kernels(const char *cap)
@@ -206,12 +266,13 @@ static void ck_select_kernels(const char *cap)
     if (allow512 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") &&
         __builtin_cpu_supports("fma")) {
         ck_kernels_t k = {"avx512f", ck_fwd_f32_avx512, ck_fwd1_f32_avx512,
-                          ck_fwd_f64_avx512, ck_fwd1_f64_avx512, ck_gw_f32_avx512,
-                          ck_gw_f64_avx512};
+                          ck_fwdk_f32_avx512, ck_fwd_f64_avx512, ck_fwd1_f64_avx512,
+                          ck_fwdk_f64_avx512, 32, 16, ck_gw_f32_avx512, ck_gw_f64_avx512};
         ck_kernels = k;
     } else if (allow2 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-        ck_kernels_t k = {"avx2", ck_fwd_f32_avx2, ck_fwd1_f32_avx2, ck_fwd_f64_avx2,
-                          ck_fwd1_f64_avx2, ck_gw_f32_avx2, ck_gw_f64_avx2};
+        ck_kernels_t k = {"avx2", ck_fwd_f32_avx2, ck_fwd1_f32_avx2, ck_fwdk_f32_avx2,
+                          ck_fwd_f64_avx2, ck_fwd1_f64_avx2, ck_fwdk_f64_avx2, 16, 8,
+                          ck_gw_f32_avx2, ck_gw_f64_avx2};
         ck_kernels = k;
     }
 #else
