@@ -64,26 +64,27 @@ def workspace_limit(nbytes):
 def _choose_method(g, op):
     """The "auto" rule: direct or im2col for ``op`` in forward/grad_input/grad_weight.
 
-    Measured on the benchmark shapes (README, "Choosing a method"): im2col +
-    BLAS wins where the GEMM it builds is well shaped: 1x1 convolutions
-    (no im2col at all), single-channel inputs (a tiny reduction that BLAS
-    handles better than the register blocks), strided convolutions (the
-    direct grad_input spreads grad_output onto a stride-times larger grid)
-    and small images. The direct kernels win for depthwise and narrow groups
-    (a GEMM of a few rows) and for large stride-1 feature maps, where im2col's
-    R*S-times larger column matrix costs more than the arithmetic.
+    Measured on the benchmark shapes with 1 and 2 threads (README, "Choosing
+    a method"). im2col + BLAS wins for 1x1 convolutions (no im2col at all),
+    single-channel inputs (a tiny reduction that BLAS handles better than the
+    register blocks), the strided gradients (direct grad_input spreads
+    grad_output onto a stride-times larger grid) and small feature maps. The
+    direct kernels win for depthwise and narrow groups (a GEMM of a few rows),
+    for multi-channel forwards, and for gradients over large feature maps,
+    where im2col's R*S-times larger column matrix costs more than the
+    arithmetic.
     """
     if g.is_pointwise:
         return "im2col"
     if g.K_per_group < 8:
         return "direct"
-    if g.stride != (1, 1):
-        return "im2col"
     if op == "forward":
         return "im2col" if g.C_per_group == 1 else "direct"
+    if g.stride != (1, 1) or g.C_per_group == 1:
+        return "im2col"
     if op == "grad_input":
-        return "direct" if g.H * g.W > 1024 and g.C_per_group > 1 else "im2col"
-    return "direct" if g.P * g.Q >= 2048 and g.C_per_group > 1 else "im2col"
+        return "direct" if g.H * g.W > 1024 else "im2col"
+    return "direct" if g.P * g.Q >= 1024 else "im2col"
 
 
 def _kernel_args(g):
