@@ -225,12 +225,61 @@ def _grad_weight_direct(grad_output, x, g, n_threads):
     return grad_weight.reshape(g.weight_shape)
 
 
-def _im2col_tile(x, g, n0, n1, p0, p1, buffer, n_threads):
-    """im2col of images [n0, n1) and output rows [p0, p1) into ``buffer``."""
-    cols = buffer[: (n1 - n0) * g.C * g.R * g.S * (p1 - p0) * g.Q]
-    cols = cols.reshape(n1 - n0, g.C * g.R * g.S, (p1 - p0) * g.Q)
-    _conv.im2col(x[n0:n1], cols, g.R, g.S, p0, g.Q, *_kernel_args(g), n_threads)
-    return cols
+def _batched_gemm(g):
+    """Whether the backward GEMMs of a tile run once over all its images.
+
+    One GEMM per image is short in its P*Q dimension when feature maps are
+    small; laying a tile's columns out as (C*R*S, images*rows*Q) makes one
+    large GEMM instead (grad_weight then sums over the images inside BLAS),
+    at the price of grad_output copied into (K, images*rows*Q) order. It
+    loses where C/G*R*S or K/G is small: BLAS runs such thin GEMMs slowly.
+    """
+    return g.P * g.Q < 1024 and g.C_per_group * g.R * g.S >= 64 and g.K_per_group >= 32
+
+
+def _im2col_tiles(g, dtype, temporary):
+    """Tiles of ``_tiles`` and one buffer for the largest column matrix among them.
+
+    With ``temporary``, each tile also needs a (K, images*rows*Q) array (an
+    output row tile, or grad_output in GEMM order), counted against the cap.
+    """
+    itemsize = np.dtype(dtype).itemsize
+    extra = g.K * g.Q * itemsize if temporary else 0
+    tiles = list(_tiles(g, itemsize, per_row_extra=extra))
+    n0, n1, p0, p1 = tiles[0]
+    return tiles, np.empty(g.C * g.R * g.S * (n1 - n0) * (p1 - p0) * g.Q, dtype=dtype)
+
+
+def _column_strides(g, tile, batched):
+    """(image_stride, row_stride) of a tile's columns in the im2col/col2im kernels."""
+    n0, n1, p0, p1 = tile
+    rows = (p1 - p0) * g.Q
+    if batched:
+        return rows, (n1 - n0) * rows
+    return g.C * g.R * g.S * rows, rows
+
+
+def _im2col_tile(x, g, tile, buffer, batched, n_threads):
+    """Columns of images [n0, n1), output rows [p0, p1).
+
+    Returns (images, G, C/G*R*S, rows*Q), or with ``batched``
+    (G, C/G*R*S, images*rows*Q).
+    """
+    n0, n1, p0, p1 = tile
+    images, rows = n1 - n0, (p1 - p0) * g.Q
+    cols = buffer[: images * g.C * g.R * g.S * rows]
+    _conv.im2col(x[n0:n1], cols, *_column_strides(g, tile, batched), g.R, g.S, p0, g.Q,
+                 *_kernel_args(g), n_threads)
+    if batched:
+        return cols.reshape(g.groups, -1, images * rows)
+    return cols.reshape(images, g.groups, -1, rows)
+
+
+def _gemm_order(array, g, tile):
+    """The (n0:n1, :, p0:p1, :) part of an (N, K, P, Q) array as (G, K/G, images*rows*Q)."""
+    n0, n1, p0, p1 = tile
+    part = array[n0:n1, :, p0:p1, :].transpose(1, 0, 2, 3)
+    return np.ascontiguousarray(part).reshape(g.groups, g.K_per_group, -1)
 
 
 def _forward_im2col(x, weight, g, y, n_threads):
@@ -241,13 +290,9 @@ def _forward_im2col(x, weight, g, y, n_threads):
         if g.is_pointwise:
             np.matmul(w, x.reshape(g.N, G, g.C_per_group, g.H * g.W), out=y_groups)
             return
-        buffer = None
-        for n0, n1, p0, p1 in _tiles(g, x.itemsize, per_row_extra=g.K * g.Q * x.itemsize):
-            if buffer is None:
-                size = (n1 - n0) * g.C * g.R * g.S * (p1 - p0) * g.Q
-                buffer = np.empty(size, dtype=x.dtype)
-            cols = _im2col_tile(x, g, n0, n1, p0, p1, buffer, n_threads)
-            cols = cols.reshape(n1 - n0, G, -1, (p1 - p0) * g.Q)
+        tiles, buffer = _im2col_tiles(g, x.dtype, temporary=True)
+        for n0, n1, p0, p1 in tiles:
+            cols = _im2col_tile(x, g, (n0, n1, p0, p1), buffer, False, n_threads)
             if p0 == 0 and p1 == g.P:
                 np.matmul(w, cols, out=y_groups[n0:n1])
             else:
@@ -303,16 +348,20 @@ def _grad_input_im2col(grad_output, weight, g, n_threads):
         grad_input = np.matmul(w_t, gy.reshape(g.N, G, Kg, g.P * g.Q))
         return grad_input.reshape(g.input_shape)
     grad_input = np.zeros(g.input_shape, dtype=grad_output.dtype)
-    buffer = None
-    for n0, n1, p0, p1 in _tiles(g, grad_output.itemsize):
-        rows = (p1 - p0) * g.Q
-        if buffer is None:
-            buffer = np.empty((n1 - n0) * g.C * g.R * g.S * rows, dtype=grad_output.dtype)
-        cols = buffer[: (n1 - n0) * g.C * g.R * g.S * rows].reshape(n1 - n0, G, -1, rows)
-        gy_tile = gy[n0:n1, :, :, p0:p1, :].reshape(n1 - n0, G, Kg, rows)
-        np.matmul(w_t, gy_tile, out=cols)
-        _conv.col2im(cols.reshape(n1 - n0, g.C * g.R * g.S, rows), grad_input[n0:n1],
-                     g.R, g.S, p0, g.Q, *_kernel_args(g), n_threads)
+    batched = _batched_gemm(g)
+    tiles, buffer = _im2col_tiles(g, grad_output.dtype, temporary=batched)
+    for tile in tiles:
+        n0, n1, p0, p1 = tile
+        images, rows = n1 - n0, (p1 - p0) * g.Q
+        cols = buffer[: images * g.C * g.R * g.S * rows]
+        if batched:
+            np.matmul(w_t, _gemm_order(grad_output, g, tile),
+                      out=cols.reshape(G, -1, images * rows))
+        else:
+            np.matmul(w_t, gy[n0:n1, :, :, p0:p1, :].reshape(images, G, Kg, rows),
+                      out=cols.reshape(images, G, -1, rows))
+        _conv.col2im(cols, grad_input[n0:n1], *_column_strides(g, tile, batched), g.R, g.S,
+                     p0, g.Q, *_kernel_args(g), n_threads)
     return grad_input
 
 
@@ -327,15 +376,18 @@ def _grad_weight_im2col(grad_output, x, g, n_threads):
             np.matmul(gy[n].reshape(G, Kg, -1), xs[n].transpose(0, 2, 1), out=product)
             grad_weight += product
         return grad_weight.reshape(g.weight_shape)
-    buffer = None
-    for n0, n1, p0, p1 in _tiles(g, x.itemsize):
-        if buffer is None:
-            buffer = np.empty((n1 - n0) * g.C * g.R * g.S * (p1 - p0) * g.Q, dtype=x.dtype)
-        cols = _im2col_tile(x, g, n0, n1, p0, p1, buffer, n_threads)
-        cols = cols.reshape(n1 - n0, G, -1, (p1 - p0) * g.Q)
+    batched = _batched_gemm(g)
+    tiles, buffer = _im2col_tiles(g, x.dtype, temporary=batched)
+    for tile in tiles:
+        n0, n1, p0, p1 = tile
+        cols = _im2col_tile(x, g, tile, buffer, batched, n_threads)
+        if batched:
+            np.matmul(_gemm_order(grad_output, g, tile), cols.transpose(0, 2, 1), out=product)
+            grad_weight += product
+            continue
         for i in range(n1 - n0):
-            gy_tile = gy[n0 + i, :, :, p0:p1, :].reshape(G, Kg, -1)
-            np.matmul(gy_tile, cols[i].transpose(0, 2, 1), out=product)
+            np.matmul(gy[n0 + i, :, :, p0:p1, :].reshape(G, Kg, -1),
+                      cols[i].transpose(0, 2, 1), out=product)
             grad_weight += product
     return grad_weight.reshape(g.weight_shape)
 
@@ -417,7 +469,8 @@ def im2col(x, kernel_size, stride=1, padding=0, dilation=1):
     _check_sizes("im2col", g, x.itemsize, {"cols": (g.N, g.C * g.R * g.S, g.P * g.Q)})
     cols = np.empty((g.N, g.C * g.R * g.S, g.P * g.Q), dtype=x.dtype)
     if cols.size:
-        _conv.im2col(contiguous(x), cols, g.R, g.S, 0, g.Q, *_kernel_args(g),
+        _conv.im2col(contiguous(x), cols.reshape(-1), g.C * g.R * g.S * g.P * g.Q,
+                     g.P * g.Q, g.R, g.S, 0, g.Q, *_kernel_args(g),
                      _threads.threads_for(cols.size))
     return cols
 
@@ -437,7 +490,8 @@ def col2im(cols, input_shape, kernel_size, stride=1, padding=0, dilation=1):
     _check_sizes("col2im", g, cols.itemsize, {"x": input_shape})
     x = np.zeros(input_shape, dtype=cols.dtype)
     if cols.size:
-        _conv.col2im(contiguous(cols), x, g.R, g.S, 0, g.Q, *_kernel_args(g),
+        _conv.col2im(contiguous(cols).reshape(-1), x, g.C * g.R * g.S * g.P * g.Q,
+                     g.P * g.Q, g.R, g.S, 0, g.Q, *_kernel_args(g),
                      _threads.threads_for(cols.size))
     return x
 

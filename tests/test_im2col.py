@@ -232,3 +232,26 @@ def test_tiled_im2col_method_unchanged(tiling, limit_items, dtype, recorded_tile
     for actual, untiled, wanted in zip(grads, grads_untiled, expected):
         assert_close(actual, untiled, kind="grad")
         assert_close(actual, wanted, kind="grad")
+
+
+@pytest.mark.parametrize("limit", [None, 200_000, 20_000], ids=["one tile", "image tiles", "row tiles"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_batched_gemm_backward_matches_reference(limit, dtype):
+    # K/G >= 32, C/G*R*S >= 64 and P*Q < 1024: the im2col gradients run one GEMM
+    # per tile over all its images (functional._batched_gemm).
+    from convkit.functional import _batched_gemm
+    from convkit._validation import conv_geometry
+
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((5, 16, 9, 11)).astype(dtype)
+    weight = rng.standard_normal((64, 8, 3, 3)).astype(dtype)
+    kwargs = dict(stride=(1, 2), padding=((1, 0), (2, 1)), groups=2)
+    g = conv_geometry(x.shape, weight.shape, kwargs["stride"], kwargs["padding"], 1, 2)
+    assert _batched_gemm(g)
+    y = reference.conv2d(x, weight, **kwargs)
+    grad_output = rng.standard_normal(y.shape).astype(dtype)
+    expected = reference.conv2d_backward(grad_output, x, weight, **kwargs)
+    with convkit.workspace_limit(limit or convkit.get_workspace_limit()):
+        got = convkit.conv2d_backward(grad_output, x, weight, method="im2col", **kwargs)
+    for a, e in zip(got, expected):
+        assert_close(a, e, "grad")

@@ -78,13 +78,21 @@ def grad_bias(const floating[:, :, ::1] grad_output,  # IN  (N, K, P*Q)
 
 
 def im2col(const floating[:, :, :, ::1] x,  # IN  (N, C, H, W)
-           floating[:, :, ::1] cols,        # OUT (N, C*R*S, rows*Q)
+           floating[::1] cols,              # OUT see below
+           int64_t image_stride, int64_t row_stride,
            int64_t R, int64_t S, int64_t p0, int64_t Q,
            int64_t sh, int64_t sw, int64_t pt, int64_t pl,
            int64_t dh, int64_t dw, int n_threads):
-    """cols[n, (c*R + r)*S + s, (p - p0)*Q + q] = padded x at tap (r, s) of output (p, q)."""
+    """Unfold output rows [p0, p0 + rows) of every image into columns.
+
+    The padded input at tap (r, s) of output (p, q) of image n goes to
+    cols[n*image_stride + ((c*R + r)*S + s)*row_stride + (p - p0)*Q + q]:
+    image-major (N, C*R*S, rows*Q) with image_stride = C*R*S*rows*Q and
+    row_stride = rows*Q, or the batched GEMM layout (C*R*S, N*rows*Q) with
+    image_stride = rows*Q and row_stride = N*rows*Q.
+    """
     cdef int64_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef int64_t rows = cols.shape[2] // Q
+    cdef int64_t rows = cols.shape[0] // (N * C * R * S * Q)
     cdef int64_t task, n, c, r, s, p, q, ih, q_lo, q_hi, offset
     cdef const floating *xplane
     cdef floating *out
@@ -98,7 +106,7 @@ def im2col(const floating[:, :, :, ::1] x,  # IN  (N, C, H, W)
                 q_lo = _first_column(Q, sw, offset)
                 q_hi = _max(_end_column(W, Q, sw, offset), q_lo)
                 for p in range(rows):
-                    out = &cols[n, (c * R + r) * S + s, p * Q]
+                    out = &cols[n * image_stride + ((c * R + r) * S + s) * row_stride + p * Q]
                     ih = (p0 + p) * sh - pt + r * dh
                     if ih < 0 or ih >= H:
                         memset(out, 0, Q * sizeof(floating))
@@ -115,14 +123,15 @@ def im2col(const floating[:, :, :, ::1] x,  # IN  (N, C, H, W)
                         out[q] = 0
 
 
-def col2im(const floating[:, :, ::1] cols,  # IN     (N, C*R*S, rows*Q)
-           floating[:, :, :, ::1] x,        # IN/OUT (N, C, H, W), accumulated into
+def col2im(const floating[::1] cols,  # IN     layout as in im2col
+           floating[:, :, :, ::1] x,  # IN/OUT (N, C, H, W), accumulated into
+           int64_t image_stride, int64_t row_stride,
            int64_t R, int64_t S, int64_t p0, int64_t Q,
            int64_t sh, int64_t sw, int64_t pt, int64_t pl,
            int64_t dh, int64_t dw, int n_threads):
     """Adjoint of im2col: add every column entry back to the pixel it was read from."""
     cdef int64_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef int64_t rows = cols.shape[2] // Q
+    cdef int64_t rows = cols.shape[0] // (N * C * R * S * Q)
     cdef int64_t task, n, c, r, s, p, ih, q_lo, q_hi, offset
     cdef floating *xplane
     for task in prange(N * C, schedule="static", nogil=True, num_threads=n_threads):
@@ -138,7 +147,9 @@ def col2im(const floating[:, :, ::1] cols,  # IN     (N, C*R*S, rows*Q)
                     ih = (p0 + p) * sh - pt + r * dh
                     if ih < 0 or ih >= H:
                         continue
-                    _scatter_strided(xplane + ih * W, &cols[n, (c * R + r) * S + s, p * Q],
+                    _scatter_strided(xplane + ih * W,
+                                     &cols[n * image_stride + ((c * R + r) * S + s) * row_stride
+                                           + p * Q],
                                      <floating> 1, q_lo, q_hi, sw, offset)
 
 
