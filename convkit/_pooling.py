@@ -12,6 +12,7 @@ from convkit import _limits, _threads
 from convkit._lib import _pool
 from convkit._validation import (
     check_flag,
+    check_max_pool_backward,
     check_float_array,
     check_ndim,
     check_shape,
@@ -91,22 +92,7 @@ def max_pool2d_backward(grad_output, indices, input_shape):
     grad_input : array (N, C, H, W) of grad_output's dtype: each output's
         gradient added to the cell its index names (overlapping windows add up).
     """
-    grad_output = check_float_array(grad_output, "grad_output")
-    check_ndim(grad_output, 4, "grad_output", "(N, C, P, Q)")
-    if not isinstance(indices, np.ndarray):
-        raise TypeError(f"indices must be an int64 array, got {type(indices).__name__}")
-    if indices.dtype != np.int64:
-        raise TypeError(f"indices must have dtype int64 (as max_pool2d returns them), got "
-                        f"{indices.dtype} with shape {indices.shape}")
-    if indices.shape != grad_output.shape:
-        raise ValueError(f"indices must have the shape of grad_output {grad_output.shape}, "
-                         f"got {indices.shape}")
-    N, C, H, W = check_shape(input_shape, 4, "input_shape", "(N, C, H, W)")
-    if (N, C) != grad_output.shape[:2]:
-        raise ValueError(f"input_shape {(N, C, H, W)} and grad_output {grad_output.shape} "
-                         f"must agree on N and C")
-    if H < 1 or W < 1:
-        raise ValueError(f"input_shape must have non-empty H and W, got {(N, C, H, W)}")
+    grad_output, (N, C, H, W) = check_max_pool_backward(grad_output, indices, input_shape)
     _limits.check_sizes("max_pool2d_backward", grad_output.itemsize,
                         {"grad_input": (N, C, H, W)}, {})
     grad_input = np.empty((N, C, H, W), dtype=grad_output.dtype)

@@ -404,3 +404,29 @@ def pool_window_counts(g, count_include_pad):
             start, end = np.maximum(start, 0), np.minimum(end, size)
         factors.append(end - start)
     return factors[0], factors[1]
+
+
+def check_max_pool_backward(grad_output, indices, input_shape):
+    """Check max_pool2d_backward's arguments; return (grad_output, (N, C, H, W)).
+
+    ``indices`` must be the int64 array of grad_output's shape that
+    max_pool2d returned; the range of its values is checked by the caller.
+    """
+    grad_output = check_float_array(grad_output, "grad_output")
+    check_ndim(grad_output, 4, "grad_output", "(N, C, P, Q)")
+    if not isinstance(indices, np.ndarray):
+        raise TypeError(f"indices must be an int64 array, got {type(indices).__name__}")
+    if indices.dtype != np.int64:
+        raise TypeError(f"indices must have dtype int64 (as max_pool2d returns them), got "
+                        f"{indices.dtype} with shape {indices.shape}")
+    if indices.shape != grad_output.shape:
+        raise ValueError(f"indices must have the shape of grad_output {grad_output.shape}, "
+                         f"got {indices.shape}")
+    N, C, H, W = check_shape(input_shape, 4, "input_shape", "(N, C, H, W)")
+    if (N, C) != grad_output.shape[:2]:
+        raise ValueError(f"input_shape {(N, C, H, W)} and grad_output {grad_output.shape} "
+                         f"must agree on N and C")
+    if H < 1 or W < 1:
+        raise ValueError(f"input_shape must have non-empty H and W, got {(N, C, H, W)}")
+    return grad_output, (N, C, H, W)
+

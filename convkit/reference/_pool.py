@@ -11,6 +11,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from convkit._validation import (
     check_flag,
+    check_max_pool_backward,
     check_float_array,
     check_ndim,
     check_shape,
@@ -83,20 +84,7 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
 
 def max_pool2d_backward(grad_output, indices, input_shape):
     """Reference gradient of max_pool2d: grad_output (N, C, P, Q) -> (N, C, H, W)."""
-    grad_output = check_float_array(grad_output, "grad_output")
-    check_ndim(grad_output, 4, "grad_output", "(N, C, P, Q)")
-    if not isinstance(indices, np.ndarray) or indices.dtype != np.int64:
-        raise TypeError(f"indices must be an int64 array, got "
-                        f"{getattr(indices, 'dtype', type(indices).__name__)}")
-    if indices.shape != grad_output.shape:
-        raise ValueError(f"indices must have the shape of grad_output {grad_output.shape}, "
-                         f"got {indices.shape}")
-    N, C, H, W = check_shape(input_shape, 4, "input_shape", "(N, C, H, W)")
-    if (N, C) != grad_output.shape[:2]:
-        raise ValueError(f"input_shape {(N, C, H, W)} and grad_output {grad_output.shape} "
-                         f"must agree on N and C")
-    if H < 1 or W < 1:
-        raise ValueError(f"input_shape must have non-empty H and W, got {(N, C, H, W)}")
+    grad_output, (N, C, H, W) = check_max_pool_backward(grad_output, indices, input_shape)
     if indices.size and (indices.min() < 0 or indices.max() >= H * W):
         raise ValueError(f"indices must lie in [0, H*W) = [0, {H * W}) for input_shape "
                          f"{(N, C, H, W)}, got values in [{indices.min()}, {indices.max()}]")
