@@ -87,6 +87,11 @@ def _choose_method(g, op):
     return "direct" if g.P * g.Q >= 1024 else "im2col"
 
 
+def _all_finite(array):
+    """No inf or NaN in ``array`` (one pass, no temporary; an overflowing sum says False)."""
+    return bool(np.isfinite(array.sum()))
+
+
 def _kernel_args(g):
     (sh, sw), (dh, dw) = g.stride, g.dilation
     return sh, sw, g.padding[0][0], g.padding[1][0], dh, dw
@@ -417,6 +422,13 @@ def conv2d_backward(grad_output, x, weight, stride=1, padding=0, dilation=1, gro
     grad_output = check_grad_output(grad_output, g, x)
     methods = {op: _choose_method(g, op) if method == "auto" else method
                for op in ("grad_input", "grad_weight")}
+    # The direct gradients also multiply zeros (grid columns thrown away,
+    # padding) by real values: 0 * inf would turn into NaN what the exact
+    # products keep finite. Non-finite operands take the exact im2col path.
+    if not _all_finite(weight):
+        methods["grad_input"] = "im2col"
+    if not _all_finite(x):
+        methods["grad_weight"] = "im2col"
     outputs = {name: shape for name, shape, wanted in
                zip(("grad_input", "grad_weight", "grad_bias"),
                    (g.input_shape, g.weight_shape, (g.K,)), mask) if wanted}

@@ -248,3 +248,22 @@ def test_hand_computed_values(method):
     np.testing.assert_array_equal(grad_input[0, 0], [[1, 1, 0], [1, 0, -1], [0, -1, -1]])
     np.testing.assert_array_equal(grad_weight[0, 0], [[12, 16], [24, 28]])
     np.testing.assert_array_equal(grad_bias, [4.0])
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_inf_products_match_torch_semantics(method):
+    # Only products that exist in the convolution may meet an inf: the direct
+    # kernels' padded grids must not turn 0 * inf into NaN in the gradients.
+    x = np.zeros((1, 2, 5, 6))
+    x[0, 0, 2, 5] = np.inf             # read by one column of taps only
+    weight = np.ones((8, 2, 3, 3))
+    weight[0, 1, 0, 0] = -np.inf       # meets grad_output's zero padding in grad_input
+    grad_output = np.ones((1, 8, 5, 6))
+    with np.errstate(invalid="ignore"):
+        got = convkit.conv2d_backward(grad_output, x, weight, padding=1, method=method)
+        expected = reference.conv2d_backward(grad_output, x, weight, padding=1)
+    for a, e in zip(got, expected):
+        assert a.shape == e.shape
+        np.testing.assert_array_equal(np.isnan(a), np.isnan(e))
+        np.testing.assert_array_equal(a[np.isfinite(e)], e[np.isfinite(e)])
+        np.testing.assert_array_equal(a[np.isinf(e)], e[np.isinf(e)])
