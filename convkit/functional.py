@@ -87,6 +87,11 @@ def _choose_method(g, op):
     return "direct" if g.P * g.Q >= 1024 else "im2col"
 
 
+def _blas_threads(g, n_threads):
+    """Hold NumPy's BLAS to the thread count that pays for this geometry's GEMMs."""
+    return _threads.blas_threads_for(g.flops // 2, n_threads)
+
+
 def _all_finite(array):
     """No inf or NaN in ``array`` (one pass, no temporary; an overflowing sum says False)."""
     return bool(np.isfinite(array.sum()))
@@ -291,7 +296,7 @@ def _forward_im2col(x, weight, g, y, n_threads):
     G, Kg = g.groups, g.K_per_group
     w = weight.reshape(G, Kg, -1)
     y_groups = y.reshape(g.N, G, Kg, g.P * g.Q)
-    with _threads.blas_threads(n_threads):
+    with _blas_threads(g, n_threads):
         if g.is_pointwise:
             np.matmul(w, x.reshape(g.N, G, g.C_per_group, g.H * g.W), out=y_groups)
             return
@@ -443,7 +448,7 @@ def conv2d_backward(grad_output, x, weight, stride=1, padding=0, dilation=1, gro
         elif methods["grad_input"] == "direct":
             grad_input = _grad_input_direct(grad_output, weight, g, n_threads)
         else:
-            with _threads.blas_threads(n_threads):
+            with _blas_threads(g, n_threads):
                 grad_input = _grad_input_im2col(grad_output, weight, g, n_threads)
     if mask[1]:
         if empty:
@@ -451,7 +456,7 @@ def conv2d_backward(grad_output, x, weight, stride=1, padding=0, dilation=1, gro
         elif methods["grad_weight"] == "direct":
             grad_weight = _grad_weight_direct(grad_output, x, g, n_threads)
         else:
-            with _threads.blas_threads(n_threads):
+            with _blas_threads(g, n_threads):
                 grad_weight = _grad_weight_im2col(grad_output, x, g, n_threads)
     if mask[2]:
         grad_bias = np.zeros(g.K, dtype=x.dtype)

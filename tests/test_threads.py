@@ -131,9 +131,11 @@ def determinism_check(method, dtype):
     original = _threads.threads_for
     used = []
 
-    def recording(*args, **kwargs):
-        used.append(original(*args, **kwargs))
-        return used[-1]
+    def recording(work, n_threads=None, min_work_per_thread=1 << 15):
+        count = original(work, n_threads, min_work_per_thread)
+        if min_work_per_thread != _threads.BLAS_MIN_WORK_PER_THREAD:  # kernel teams only
+            used.append(count)
+        return count
 
     results = {}
     _threads.threads_for = recording

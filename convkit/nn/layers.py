@@ -494,7 +494,7 @@ class Dense(Layer):
     def forward(self, x, training=False):
         """x: (N, features) -> (N, units)."""
         x = self._accept(x)
-        with _threads.blas_threads(_threads.get_num_threads()):
+        with _threads.blas_threads_for(x.shape[0] * self._params["kernel"].size):
             y = x @ self._params["kernel"]
         if self.use_bias:
             y += self._params["bias"]
@@ -506,7 +506,7 @@ class Dense(Layer):
         """grad: (N, units) -> (N, features), or None when ``input_grad`` is False."""
         x, y = self._cached()
         grad = self.activation.backward(grad, y)
-        with _threads.blas_threads(_threads.get_num_threads()):
+        with _threads.blas_threads_for(2 * x.shape[0] * self._params["kernel"].size):
             self._grads["kernel"] = x.T @ grad
             grad_input = grad @ self._params["kernel"].T if input_grad else None
         if self.use_bias:
