@@ -130,8 +130,9 @@ def blas_threads(n):
 # Multiply-adds per BLAS thread below which GEMMs run on one thread: OpenBLAS's
 # threads cost more than they save on small GEMMs (2-core EPYC, 2 vs 1 BLAS
 # threads, medians of convkit's im2col backward: 3.6 M multiply-adds 1269 vs
-# 457 us, 29 M 2521 vs 2273 us, 210 M 11.7 vs 15.4 ms).
-BLAS_MIN_WORK_PER_THREAD = 1 << 24
+# 457 us, 7.2 M 1656 vs 706 us; from about 26 M (a 1x1 conv's 0.51 vs 0.56 ms)
+# the second thread pays).
+BLAS_MIN_WORK_PER_THREAD = 1 << 22
 
 
 def blas_threads_for(work, n_threads=None):
