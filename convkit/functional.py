@@ -82,7 +82,7 @@ def _choose_method(g, op):
     if g.stride != (1, 1) or g.C_per_group == 1:
         return "im2col"
     if op == "grad_input":
-        return "direct" if g.H * g.W > 1024 else "im2col"
+        return "direct" if g.H * g.W >= 1024 else "im2col"
     return "direct" if g.P * g.Q >= 1024 else "im2col"
 
 
