@@ -11,11 +11,11 @@ import numpy as np
 from convkit import _limits, _threads
 from convkit._lib import _pool
 from convkit._validation import (
+    check_avg_pool_backward,
     check_flag,
     check_max_pool_backward,
     check_float_array,
     check_ndim,
-    check_shape,
     contiguous,
     pool_geometry,
     pool_window_counts,
@@ -175,15 +175,8 @@ def avg_pool2d_backward(grad_output, input_shape, kernel_size, stride=None, padd
         gradient divided by its window's divisor and added to the window's
         input cells.
     """
-    grad_output = check_float_array(grad_output, "grad_output")
-    check_ndim(grad_output, 4, "grad_output", "(N, C, P, Q)")
-    input_shape = check_shape(input_shape, 4, "input_shape", "(N, C, H, W)")
-    g = pool_geometry(input_shape, kernel_size, stride, padding, 1, ceil_mode,
-                      x_name="input_shape")
-    count_include_pad = check_flag(count_include_pad, "count_include_pad")
-    if grad_output.shape != g.output_shape:
-        raise ValueError(f"grad_output must have the shape {g.output_shape} that avg_pool2d "
-                         f"gives for input_shape {input_shape}, got {grad_output.shape}")
+    grad_output, g, count_include_pad = check_avg_pool_backward(
+        grad_output, input_shape, kernel_size, stride, padding, ceil_mode, count_include_pad)
     _check_sizes("avg_pool2d_backward", g, grad_output.itemsize,
                  {"grad_input": g.input_shape})
     grad_input = np.empty(g.input_shape, dtype=grad_output.dtype)

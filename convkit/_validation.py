@@ -430,3 +430,27 @@ def check_max_pool_backward(grad_output, indices, input_shape):
         raise ValueError(f"input_shape must have non-empty H and W, got {(N, C, H, W)}")
     return grad_output, (N, C, H, W)
 
+
+def check_avg_pool_backward(grad_output, input_shape, kernel_size, stride, padding,
+                            ceil_mode, count_include_pad):
+    """Check avg_pool2d_backward's arguments; return (grad_output, geometry, count_include_pad)."""
+    grad_output = check_float_array(grad_output, "grad_output")
+    check_ndim(grad_output, 4, "grad_output", "(N, C, P, Q)")
+    input_shape = check_shape(input_shape, 4, "input_shape", "(N, C, H, W)")
+    g = pool_geometry(input_shape, kernel_size, stride, padding, 1, ceil_mode,
+                      x_name="input_shape")
+    count_include_pad = check_flag(count_include_pad, "count_include_pad")
+    if grad_output.shape != g.output_shape:
+        raise ValueError(f"grad_output must have the shape {g.output_shape} that avg_pool2d "
+                         f"gives for input_shape {input_shape}, got {grad_output.shape}")
+    return grad_output, g, count_include_pad
+
+
+def positive_int(value, name):
+    """``value`` as a Python int >= 1, else TypeError/ValueError naming ``name``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be a positive int, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+

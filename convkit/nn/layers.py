@@ -22,6 +22,7 @@ from convkit._validation import (
     FLOAT_DTYPES,
     check_method,
     conv_geometry,
+    positive_int,
     output_size,
     positive_pair,
     resolve_padding,
@@ -29,14 +30,6 @@ from convkit._validation import (
 from convkit.nn.activations import get_activation
 
 INITIALIZERS = ("auto", "glorot_uniform", "he_uniform")
-
-
-def _positive_int(value, name):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be a positive int, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
 
 
 def _padding_config(padding, name="padding"):
@@ -221,12 +214,12 @@ class Conv2D(Layer):
                  activation=None, use_bias=True, method="auto", kernel_initializer="auto",
                  name=None):
         super().__init__(name)
-        self.filters = _positive_int(filters, "filters")
+        self.filters = positive_int(filters, "filters")
         self.kernel_size = positive_pair(kernel_size, "kernel_size")
         self.strides = positive_pair(strides, "strides")
         self.padding = _padding_config(padding)
         self.dilation = positive_pair(dilation, "dilation")
-        self.groups = _positive_int(groups, "groups")
+        self.groups = positive_int(groups, "groups")
         if self.filters % self.groups:
             raise ValueError(f"groups={self.groups} must divide filters={self.filters}")
         self.activation = get_activation(activation)
@@ -470,7 +463,7 @@ class Dense(Layer):
     def __init__(self, units, activation=None, use_bias=True, kernel_initializer="auto",
                  name=None):
         super().__init__(name)
-        self.units = _positive_int(units, "units")
+        self.units = positive_int(units, "units")
         self.activation = get_activation(activation)
         self.use_bias = bool(use_bias)
         self.kernel_initializer = _check_initializer(kernel_initializer)

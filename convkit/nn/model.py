@@ -12,7 +12,7 @@ import zlib
 
 import numpy as np
 
-from convkit._validation import FLOAT_DTYPES
+from convkit._validation import FLOAT_DTYPES, positive_int
 from convkit.nn.activations import ACTIVATIONS
 from convkit.nn.layers import LAYERS, Layer
 from convkit.nn.losses import SoftmaxCrossEntropy, get_loss
@@ -22,14 +22,6 @@ FILE_FORMAT = "convkit.nn.Sequential"
 FILE_VERSION = 1
 DATA_FORMATS = ("channels_first", "channels_last")
 _READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
-
-
-def _positive_int(value, name):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be a positive int, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
 
 
 class History(dict):
@@ -166,7 +158,7 @@ class Sequential:
     def build(self, input_shape):
         """Build every layer for per-sample ``input_shape`` (in ``data_format``)."""
         try:
-            input_shape = tuple(_positive_int(v, "input_shape") for v in input_shape)
+            input_shape = tuple(positive_int(v, "input_shape") for v in input_shape)
         except TypeError:
             raise TypeError(f"input_shape must be a tuple of positive ints, got "
                             f"{input_shape!r}") from None
@@ -302,8 +294,8 @@ class Sequential:
         NaN or infinite; that batch's update is not applied.
         """
         self._check_compiled()
-        epochs = _positive_int(epochs, "epochs")
-        batch_size = _positive_int(batch_size, "batch_size")
+        epochs = positive_int(epochs, "epochs")
+        batch_size = positive_int(batch_size, "batch_size")
         x, y = self._check_xy(x, y)
         if len(x) == 0:
             raise ValueError("x is empty")
@@ -369,7 +361,7 @@ class Sequential:
     def evaluate(self, x, y, batch_size=256):
         """Mean loss and accuracy over (x, y): returns (loss, accuracy or None)."""
         self._check_compiled()
-        batch_size = _positive_int(batch_size, "batch_size")
+        batch_size = positive_int(batch_size, "batch_size")
         x, y = self._check_xy(x, y)
         if len(x) == 0:
             raise ValueError("x is empty")
@@ -386,7 +378,7 @@ class Sequential:
 
     def predict(self, x, batch_size=256):
         """Outputs (N, *output_shape) for x (N, *input_shape), in inference mode."""
-        batch_size = _positive_int(batch_size, "batch_size")
+        batch_size = positive_int(batch_size, "batch_size")
         x = self._prepare(x)
         outputs = [self._to_external(self._forward(x[start:start + batch_size], training=False))
                    for start in range(0, len(x), batch_size)]

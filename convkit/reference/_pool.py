@@ -10,11 +10,11 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from convkit._validation import (
+    check_avg_pool_backward,
     check_flag,
     check_max_pool_backward,
     check_float_array,
     check_ndim,
-    check_shape,
     pool_geometry,
 )
 
@@ -114,15 +114,8 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
 def avg_pool2d_backward(grad_output, input_shape, kernel_size, stride=None, padding=0,
                         ceil_mode=False, count_include_pad=True):
     """Reference gradient of avg_pool2d: grad_output (N, C, P, Q) -> (N, C, H, W)."""
-    grad_output = check_float_array(grad_output, "grad_output")
-    check_ndim(grad_output, 4, "grad_output", "(N, C, P, Q)")
-    input_shape = check_shape(input_shape, 4, "input_shape", "(N, C, H, W)")
-    g = pool_geometry(input_shape, kernel_size, stride, padding, 1, ceil_mode,
-                      x_name="input_shape")
-    count_include_pad = check_flag(count_include_pad, "count_include_pad")
-    if grad_output.shape != g.output_shape:
-        raise ValueError(f"grad_output must have the shape {g.output_shape} that avg_pool2d "
-                         f"gives for input_shape {input_shape}, got {grad_output.shape}")
+    grad_output, g, count_include_pad = check_avg_pool_backward(
+        grad_output, input_shape, kernel_size, stride, padding, ceil_mode, count_include_pad)
     share = grad_output / _divisors(g, count_include_pad).astype(grad_output.dtype)
     pads = _padding_for_windows(g)
     padded = np.zeros((g.N, g.C, g.H + sum(pads[0]), g.W + sum(pads[1])),
