@@ -22,6 +22,12 @@ if _SET_WAIT_POLICY:
     os.environ["GOMP_SPINCOUNT"] = _SPIN_COUNT
 try:
     from convkit._lib import _conv, _openmp, _pool  # noqa: F401  (load libgomp now)
+except ImportError as error:
+    raise ImportError(
+        f"convkit's compiled kernels could not be loaded from {os.path.dirname(__file__)} "
+        f"({error}). Build them with `pip install .` (or `python setup.py build_ext "
+        f"--inplace` in a development checkout); if convkit is installed, run Python "
+        f"from outside the source checkout, whose uncompiled convkit/ shadows it.") from error
 finally:
     if _SET_WAIT_POLICY:
         del os.environ["GOMP_SPINCOUNT"]
