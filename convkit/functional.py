@@ -28,6 +28,9 @@ from convkit._validation import (
 )
 
 _MiB = 1 << 20
+# The channel-vector grad_weight splits the images when its channel and
+# column blocks make fewer tasks than this (a property of the shape only).
+_GW_MIN_TASKS = 8
 _workspace_limit = 256 * _MiB
 
 
@@ -61,29 +64,35 @@ def workspace_limit(nbytes):
         set_workspace_limit(previous)
 
 
-def _choose_method(g, op):
+def _choose_method(g, op, itemsize):
     """The "auto" rule: direct or im2col for ``op`` in forward/grad_input/grad_weight.
 
     Measured on the benchmark shapes with 1 and 2 threads (README, "Choosing
-    a method"); the rule never depends on the thread count, so results stay
-    bitwise identical across thread counts. 1x1 convolutions are one GEMM
-    with no im2col at all. Every other forward runs direct: its kernels scale
-    with threads where im2col's copy does not (single-channel inputs are the
-    closest call: 10-40% slower than im2col on 1 thread, up to 27% faster on
-    2). For the gradients im2col + BLAS wins on single-channel inputs, strided
-    convolutions and small feature maps; the direct kernels win for depthwise
-    and narrow groups and on large feature maps, where im2col's R*S-times
-    larger column matrix costs more than the arithmetic.
+    a method"); the rule depends on the shape, the dtype and the CPU's kernel
+    variant, never on the thread count, so results stay bitwise identical
+    across thread counts. 1x1 convolutions are one GEMM with no im2col at
+    all. Every other forward runs direct: its kernels scale with threads
+    where im2col's copy does not. grad_weight runs direct wherever the
+    channel-vector kernel applies (K/G at least half its channel block) and
+    for narrow groups. grad_input runs direct except for strided and
+    single-channel convolutions, where im2col + BLAS does less work.
     """
     if g.is_pointwise:
         return "im2col"
     if op == "forward" or g.K_per_group < 8:
         return "direct"
+    if op == "grad_weight":
+        if _use_channel_vector_grad_weight(g, itemsize):
+            return "direct"
+        return "direct" if g.P * g.Q >= 1024 and g.stride == (1, 1) else "im2col"
     if g.stride != (1, 1) or g.C_per_group == 1:
         return "im2col"
-    if op == "grad_input":
-        return "direct" if g.H * g.W >= 1024 else "im2col"
-    return "direct" if g.P * g.Q >= 1024 else "im2col"
+    return "direct"
+
+
+def _use_channel_vector_grad_weight(g, itemsize):
+    """Whether K/G fills at least half the channel-vector grad_weight kernel's block."""
+    return 2 * g.K_per_group >= _conv.grad_weight_channel_block(itemsize)
 
 
 def _blas_threads(g, n_threads):
@@ -223,6 +232,8 @@ def _grad_input_direct(grad_output, weight, g, n_threads):
 
 
 def _grad_weight_direct(grad_output, x, g, n_threads):
+    if _use_channel_vector_grad_weight(g, x.itemsize):
+        return _grad_weight_channel_vector(grad_output, x, g, n_threads)
     layout = _phase_layout(g)
     Wph = layout[1]
     packed = _pack_input(x, g, layout, n_threads)
@@ -231,6 +242,41 @@ def _grad_weight_direct(grad_output, x, g, n_threads):
     grad_weight = np.empty((g.K, g.C_per_group, g.R * g.S), dtype=x.dtype)
     _conv.grad_weight_packed(grid.reshape(g.N, g.K, -1), packed, layout[3], grad_weight,
                              g.groups, n_threads)
+    return grad_weight.reshape(g.weight_shape)
+
+
+def _grad_weight_channel_vector(grad_output, x, g, n_threads):
+    """grad_weight with a block of output channels in the vector lanes (see _direct.h).
+
+    grad_output is transposed once to (group, image, position, channel), the
+    channel axis padded to the kernel's block with zeros. Where the channel
+    and column blocks alone make too few tasks, the images are split into a
+    fixed number of runs (from the geometry alone) whose partial sums are
+    added in order, so the result never depends on the thread count.
+    """
+    layout = _phase_layout(g)
+    packed = _pack_input(x, g, layout, n_threads)
+    G, Kg, N, PQ = g.groups, g.K_per_group, g.N, g.P * g.Q
+    kb = _conv.grad_weight_channel_block(x.itemsize)
+    blocks = -(-Kg // kb)
+    gyt = np.empty((G, N, PQ, blocks * kb), dtype=x.dtype)
+    _conv.transpose_channels(grad_output.reshape(N, g.K, PQ), gyt, n_threads)
+    ncols = g.C_per_group * g.R * g.S
+    tb = _conv.grad_weight_column_block()
+    column_blocks = -(-ncols // tb)
+    splits = min(N, -(-_GW_MIN_TASKS // (G * blocks * column_blocks)))
+    # Column runs only share out the work: every column is summed alone.
+    runs = max(1, min(column_blocks, -(-4 * n_threads // (G * blocks * splits))))
+    cols_per_task = -(-column_blocks // runs) * tb
+    chunk_rows = max(1, 256 // g.Q)
+    scratch = np.empty((n_threads, cols_per_task * kb), dtype=x.dtype)
+    partial = np.empty((splits, g.K, g.C_per_group, g.R * g.S), dtype=x.dtype)
+    bounds = np.linspace(0, N, splits + 1).astype(np.int64)
+    _conv.grad_weight_channel_vector(gyt, packed, layout[3], bounds, partial, scratch, g.P,
+                                     g.Q, layout[1], cols_per_task, chunk_rows, n_threads)
+    grad_weight = partial[0]
+    for i in range(1, splits):
+        grad_weight += partial[i]
     return grad_weight.reshape(g.weight_shape)
 
 
@@ -333,7 +379,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, m
     g = conv_geometry(x.shape, weight.shape, stride, padding, dilation, groups)
     check_bias(bias, g)
     if method == "auto":
-        method = _choose_method(g, "forward")
+        method = _choose_method(g, "forward", x.itemsize)
     _check_sizes("conv2d", g, x.itemsize, {"y": g.output_shape}, method == "im2col")
     y = np.empty(g.output_shape, dtype=x.dtype)
     if y.size == 0:
@@ -424,7 +470,7 @@ def conv2d_backward(grad_output, x, weight, stride=1, padding=0, dilation=1, gro
     x, weight, _ = check_conv_arrays(x, weight)
     g = conv_geometry(x.shape, weight.shape, stride, padding, dilation, groups)
     grad_output = check_grad_output(grad_output, g, x)
-    methods = {op: _choose_method(g, op) if method == "auto" else method
+    methods = {op: _choose_method(g, op, x.itemsize) if method == "auto" else method
                for op in ("grad_input", "grad_weight")}
     # The direct gradients also multiply zeros (grid columns thrown away,
     # padding) by real values: 0 * inf would turn into NaN what the exact

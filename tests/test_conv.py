@@ -43,6 +43,11 @@ CASES = {
     "C1_K1_valid": ((2, 1, 5, 5), (1, 1, 2, 2), False, dict(padding="valid")),
     "kernel_fills_input": ((1, 2, 4, 5), (3, 2, 4, 5), True, {}),
     "wide_reduction_auto_im2col": ((1, 16, 4, 4), (16, 16, 3, 3), True, dict(padding=1)),
+    # Channel-vector grad_weight: a K/G tail in the lanes, groups, image runs.
+    "channel_vector_gw_groups2_K_tail": ((3, 6, 7, 8), (40, 3, 3, 3), True,
+                                         dict(groups=2, padding=1)),
+    "channel_vector_gw_9_images_stride2": ((9, 4, 11, 10), (24, 4, 3, 2), False,
+                                           dict(stride=2, dilation=(1, 2), padding=1)),
 }
 CASE_IDS = list(CASES)
 
@@ -69,7 +74,8 @@ def test_grid_exercises_both_auto_branches():
         g = conv_geometry(x_shape, w_shape, kwargs.get("stride", 1), kwargs.get("padding", 0),
                           kwargs.get("dilation", 1), kwargs.get("groups", 1))
         for op in ("forward", "grad_input", "grad_weight"):
-            chosen.add((_choose_method(g, op), g.is_pointwise))
+            for itemsize in (4, 8):
+                chosen.add((_choose_method(g, op, itemsize), g.is_pointwise))
     assert {("direct", False), ("im2col", False), ("im2col", True)} <= chosen
 
 

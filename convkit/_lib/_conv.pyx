@@ -172,6 +172,14 @@ cdef extern from "_direct.h" nogil:
     ctypedef void (*ck_gw_f64_t)(const double *, int64_t, int64_t, int64_t, const double *,
                                  int64_t, const int64_t *, int64_t, int64_t, int64_t,
                                  double *, int64_t)
+    ctypedef void (*ck_gwk_f32_t)(const float *, int64_t, int64_t, int64_t, const float *,
+                                  int64_t, int64_t, const int64_t *, int64_t, int64_t, int64_t,
+                                  int64_t, int64_t, int64_t, int64_t, int64_t, float *, float *,
+                                  int64_t)
+    ctypedef void (*ck_gwk_f64_t)(const double *, int64_t, int64_t, int64_t, const double *,
+                                  int64_t, int64_t, const int64_t *, int64_t, int64_t, int64_t,
+                                  int64_t, int64_t, int64_t, int64_t, int64_t, double *,
+                                  double *, int64_t)
     ctypedef struct ck_kernels_t:
         const char *isa
         ck_fwd_f32_t fwd_f32
@@ -184,6 +192,11 @@ cdef extern from "_direct.h" nogil:
         int kvec_f64
         ck_gw_f32_t gw_f32
         ck_gw_f64_t gw_f64
+        ck_gwk_f32_t gwk_f32
+        ck_gwk_f64_t gwk_f64
+        int gwk_f32_block
+        int gwk_f64_block
+        int gwk_cols
     ck_kernels_t ck_kernels
     void ck_select_kernels(const char *cap)
 
@@ -205,6 +218,16 @@ PLANE_SLACK = CK_SLACK
 def channel_vector_block(itemsize):
     """Output channels per block of the channel-vector forward kernel (by dtype size)."""
     return ck_kernels.kvec_f32 if itemsize == 4 else ck_kernels.kvec_f64
+
+
+def grad_weight_channel_block(itemsize):
+    """Output channels in the lanes of the channel-vector grad_weight kernel (by dtype size)."""
+    return ck_kernels.gwk_f32_block if itemsize == 4 else ck_kernels.gwk_f64_block
+
+
+def grad_weight_column_block():
+    """Weight columns (c, r, s) per register block of the channel-vector grad_weight kernel."""
+    return ck_kernels.gwk_cols
 
 
 def kernel_isa():
@@ -332,3 +355,87 @@ def grad_weight_packed(const floating[:, :, ::1] gy_grid,   # IN  (N, K, P*Wph) 
             kern.gw_f64(&gy_grid[0, k0, 0], grid_len, K * grid_len, kcount,
                         &xpk[0, g * Cg + c, 0, 0], x_nstride, &tap_off[0], RS, N, grid_len,
                         &gw[k0, c, 0], Cg * RS)
+
+
+def transpose_channels(const floating[:, :, ::1] gy,    # IN  (N, K, P*Q)
+                       floating[:, :, :, ::1] out,      # OUT (G, N, P*Q, Kgp)
+                       int n_threads):
+    """out[g, n, j, k] = gy[n, g*Kg + k, j] for k < Kg = K/G, and 0 for k >= Kg."""
+    cdef int64_t N = gy.shape[0], K = gy.shape[1], L = gy.shape[2]
+    cdef int64_t G = out.shape[0], Kgp = out.shape[3], Kg = K // G
+    cdef int64_t CHUNK = 32
+    cdef int64_t chunks = (L + CHUNK - 1) // CHUNK
+    cdef int64_t task, g, n, j0, j1, j, k
+    cdef floating *dst
+    cdef const floating *src
+    for task in prange(G * N * chunks, schedule="static", nogil=True, num_threads=n_threads):
+        g = task // (N * chunks)
+        n = (task // chunks) % N
+        j0 = (task % chunks) * CHUNK
+        j1 = j0 + CHUNK
+        if j1 > L:
+            j1 = L
+        dst = &out[g, n, 0, 0]
+        for k in range(Kg):
+            src = &gy[n, g * Kg + k, 0]
+            for j in range(j0, j1):
+                dst[j * Kgp + k] = src[j]
+        for j in range(j0, j1):
+            for k in range(Kg, Kgp):
+                dst[j * Kgp + k] = 0
+
+
+def grad_weight_channel_vector(const floating[:, :, :, ::1] gyt,  # IN  (G, N, P*Q, Kgp)
+                               const floating[:, :, :, ::1] xpk,  # IN  (N, C, phases, plane_len)
+                               const int64_t[::1] tap_off,        # IN  (R*S,)
+                               const int64_t[::1] bounds,         # IN  (splits + 1,) image runs
+                               floating[:, :, :, ::1] gw,         # OUT (splits, K, C/G, R*S)
+                               floating[:, ::1] scratch,          # (n_threads, cols_per_task*kb)
+                               int64_t P, int64_t Q, int64_t Wph, int64_t cols_per_task,
+                               int64_t chunk_rows, int n_threads):
+    """gw[i, k, c, t] = sum over images [bounds[i], bounds[i+1]) and output
+    positions of gyt[g, n, pos, k] * tap t of channel c.
+
+    gyt is grad_output transposed to (group, image, position, channel), its
+    channel axis zero-padded to a multiple of grad_weight_channel_block().
+    One task per (image run, group, channel block, run of cols_per_task
+    columns) sums its images in order, so the result does not depend on the
+    thread count or on cols_per_task.
+    """
+    cdef int64_t G = gyt.shape[0], Kgp = gyt.shape[3]
+    cdef int64_t x_nstride = xpk.shape[1] * xpk.shape[2] * xpk.shape[3]
+    cdef int64_t chan_stride = xpk.shape[2] * xpk.shape[3]
+    cdef int64_t splits = gw.shape[0], K = gw.shape[1], Cg = gw.shape[2], RS = gw.shape[3]
+    cdef int64_t Kg = K // G, ncols = Cg * RS
+    cdef int64_t kb = (ck_kernels.gwk_f32_block if floating is float
+                       else ck_kernels.gwk_f64_block)
+    cdef int64_t kblocks = Kgp // kb, runs = (ncols + cols_per_task - 1) // cols_per_task
+    cdef int64_t per_split = G * kblocks * runs
+    cdef int64_t task, i, n0, g, blk, run, col0, count, kcount
+    cdef floating *work
+    cdef ck_kernels_t kern = ck_kernels
+    for task in prange(splits * per_split, schedule="static", nogil=True,
+                       num_threads=n_threads):
+        i = task // per_split
+        g = (task // (kblocks * runs)) % G
+        blk = (task // runs) % kblocks
+        run = task % runs
+        n0 = bounds[i]
+        col0 = run * cols_per_task
+        count = ncols - col0
+        if count > cols_per_task:
+            count = cols_per_task
+        kcount = Kg - blk * kb
+        if kcount > kb:
+            kcount = kb
+        work = &scratch[omp_get_thread_num(), 0]
+        if floating is float:
+            kern.gwk_f32(&gyt[g, n0, 0, blk * kb], P * Q * Kgp, Kgp, kcount,
+                         &xpk[n0, g * Cg, 0, 0], x_nstride, chan_stride, &tap_off[0], RS,
+                         col0, count, bounds[i + 1] - n0, P, Q, Wph, chunk_rows, work,
+                         &gw[i, g * Kg + blk * kb, 0, 0], Cg * RS)
+        else:
+            kern.gwk_f64(&gyt[g, n0, 0, blk * kb], P * Q * Kgp, Kgp, kcount,
+                         &xpk[n0, g * Cg, 0, 0], x_nstride, chan_stride, &tap_off[0], RS,
+                         col0, count, bounds[i + 1] - n0, P, Q, Wph, chunk_rows, work,
+                         &gw[i, g * Kg + blk * kb, 0, 0], Cg * RS)

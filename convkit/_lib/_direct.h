@@ -197,6 +197,72 @@
         }                                                                              \
     }
 
+/* Channel-vector grad_weight: a block of VL*KV output channels lies in the
+ * vector lanes, so no lane reduction is needed and every output position is
+ * enumerated exactly (no grid column wasted). grad_output comes transposed,
+ * gyt[n][p*Q + q][k], and input values are broadcast:
+ *
+ *   gw[k][col] = sum_n sum_(p,q) gyt[n][p*Q + q][k] * x[n][c(col)][off(t(col)) + p*Wph + q]
+ *
+ * for the columns col = c*RS + t in [col0, col0 + ncols), TB at a time.
+ * Positions are visited in chunks of chunk_rows output rows so that a chunk
+ * of gyt stays in L1 while every column block of the task passes over it;
+ * the accumulators of all blocks live in scratch between chunks. Each lane
+ * sums over n, then p, then q, in order, whatever the ISA or thread count. */
+#define CK_DEFINE_GRAD_WEIGHT_KVEC(NAME, T, VBYTES, KV, TB, ATTR)                       \
+    ATTR static void NAME(const T *gyt, int64_t gy_nstride, int64_t gy_pstride,         \
+                          int64_t kcount, const T *x, int64_t x_nstride,                \
+                          int64_t chan_stride, const int64_t *tap_off, int64_t RS,      \
+                          int64_t col0, int64_t ncols, int64_t N, int64_t P, int64_t Q, \
+                          int64_t Wph, int64_t chunk_rows, T *scratch, T *gw,           \
+                          int64_t gw_kstride)                                           \
+    {                                                                                   \
+        typedef T V __attribute__((vector_size(VBYTES)));                               \
+        enum { VL = VBYTES / sizeof(T), KBW = VL * KV };                                \
+        int64_t nblk = (ncols + TB - 1) / TB;                                           \
+        int64_t n, p0, p1, p, q, b, i, v, l;                                            \
+        memset(scratch, 0, (size_t)(nblk * TB * KBW) * sizeof(T));                      \
+        for (n = 0; n < N; n++) {                                                       \
+            const T *gn = gyt + n * gy_nstride;                                         \
+            const T *xn = x + n * x_nstride;                                            \
+            for (p0 = 0; p0 < P; p0 = p1) {                                             \
+                p1 = p0 + chunk_rows < P ? p0 + chunk_rows : P;                         \
+                for (b = 0; b < nblk; b++) {                                            \
+                    V acc[TB][KV];                                                      \
+                    const T *xo[TB];                                                    \
+                    T *slot = scratch + b * TB * KBW;                                   \
+                    for (i = 0; i < TB; i++) {                                          \
+                        int64_t col = col0 + b * TB + i;                                \
+                        if (col >= col0 + ncols)                                        \
+                            col = col0;                                                 \
+                        xo[i] = xn + (col / RS) * chan_stride + tap_off[col % RS];      \
+                    }                                                                   \
+                    memcpy(acc, slot, sizeof(acc));                                     \
+                    for (p = p0; p < p1; p++) {                                         \
+                        const T *g = gn + p * Q * gy_pstride;                           \
+                        int64_t xrow = p * Wph;                                         \
+                        for (q = 0; q < Q; q++) {                                       \
+                            V gv[KV];                                                   \
+                            for (v = 0; v < KV; v++)                                    \
+                                memcpy(&gv[v], g + q * gy_pstride + v * VL, sizeof(V)); \
+                            for (i = 0; i < TB; i++) {                                  \
+                                T xs = xo[i][xrow + q];                                 \
+                                for (v = 0; v < KV; v++)                                \
+                                    acc[i][v] += gv[v] * xs;                            \
+                            }                                                           \
+                        }                                                               \
+                    }                                                                   \
+                    memcpy(slot, acc, sizeof(acc));                                     \
+                }                                                                       \
+            }                                                                           \
+        }                                                                               \
+        for (i = 0; i < ncols; i++)                                                     \
+            for (v = 0; v < KV; v++)                                                    \
+                for (l = 0; l < VL && v * VL + l < kcount; l++)                         \
+                    gw[(v * VL + l) * gw_kstride + col0 + i] =                          \
+                        scratch[((i / TB) * TB * KV + (i % TB) * KV + v) * VL + l];    \
+    }
+
 #if CK_X86
 #define CK_AVX512 __attribute__((target("avx512f,avx2,fma")))
 #define CK_AVX2 __attribute__((target("avx2,fma")))
@@ -212,6 +278,8 @@ CK_DEFINE_FORWARD_KVEC(ck_fwdk_f32_base, float, 16, 4, 3, CK_BASE)
 CK_DEFINE_FORWARD_KVEC(ck_fwdk_f64_base, double, 16, 4, 3, CK_BASE)
 CK_DEFINE_GRAD_WEIGHT(ck_gw_f32_base, float, 16, 2, CK_BASE)
 CK_DEFINE_GRAD_WEIGHT(ck_gw_f64_base, double, 16, 2, CK_BASE)
+CK_DEFINE_GRAD_WEIGHT_KVEC(ck_gwk_f32_base, float, 16, 2, 6, CK_BASE)
+CK_DEFINE_GRAD_WEIGHT_KVEC(ck_gwk_f64_base, double, 16, 2, 6, CK_BASE)
 #if CK_X86
 CK_DEFINE_FORWARD(ck_fwd_f32_avx2, float, 32, CK_KB, 1, CK_AVX2)
 CK_DEFINE_FORWARD(ck_fwd_f64_avx2, double, 32, CK_KB, 1, CK_AVX2)
@@ -221,6 +289,8 @@ CK_DEFINE_FORWARD_KVEC(ck_fwdk_f32_avx2, float, 32, 2, 6, CK_AVX2)
 CK_DEFINE_FORWARD_KVEC(ck_fwdk_f64_avx2, double, 32, 2, 6, CK_AVX2)
 CK_DEFINE_GRAD_WEIGHT(ck_gw_f32_avx2, float, 32, 2, CK_AVX2)
 CK_DEFINE_GRAD_WEIGHT(ck_gw_f64_avx2, double, 32, 2, CK_AVX2)
+CK_DEFINE_GRAD_WEIGHT_KVEC(ck_gwk_f32_avx2, float, 32, 2, 6, CK_AVX2)
+CK_DEFINE_GRAD_WEIGHT_KVEC(ck_gwk_f64_avx2, double, 32, 2, 6, CK_AVX2)
 CK_DEFINE_FORWARD(ck_fwd_f32_avx512, float, 64, CK_KB, 2, CK_AVX512)
 CK_DEFINE_FORWARD(ck_fwd_f64_avx512, double, 64, CK_KB, 2, CK_AVX512)
 CK_DEFINE_FORWARD(ck_fwd1_f32_avx512, float, 64, 1, 8, CK_AVX512)
@@ -229,6 +299,8 @@ CK_DEFINE_FORWARD_KVEC(ck_fwdk_f32_avx512, float, 64, 2, 8, CK_AVX512)
 CK_DEFINE_FORWARD_KVEC(ck_fwdk_f64_avx512, double, 64, 2, 8, CK_AVX512)
 CK_DEFINE_GRAD_WEIGHT(ck_gw_f32_avx512, float, 64, 3, CK_AVX512)
 CK_DEFINE_GRAD_WEIGHT(ck_gw_f64_avx512, double, 64, 3, CK_AVX512)
+CK_DEFINE_GRAD_WEIGHT_KVEC(ck_gwk_f32_avx512, float, 64, 2, 12, CK_AVX512)
+CK_DEFINE_GRAD_WEIGHT_KVEC(ck_gwk_f64_avx512, double, 64, 2, 12, CK_AVX512)
 #endif
 
 typedef void (*ck_fwd_f32_t)(const float *, const float *, const int64_t *, int64_t, int64_t,
@@ -243,6 +315,14 @@ typedef void (*ck_gw_f64_t)(const double *, int64_t, int64_t, int64_t, const dou
                             int64_t, const int64_t *, int64_t, int64_t, int64_t, double *,
                             int64_t);
 
+typedef void (*ck_gwk_f32_t)(const float *, int64_t, int64_t, int64_t, const float *, int64_t,
+                             int64_t, const int64_t *, int64_t, int64_t, int64_t, int64_t,
+                             int64_t, int64_t, int64_t, int64_t, float *, float *, int64_t);
+typedef void (*ck_gwk_f64_t)(const double *, int64_t, int64_t, int64_t, const double *,
+                             int64_t, int64_t, const int64_t *, int64_t, int64_t, int64_t,
+                             int64_t, int64_t, int64_t, int64_t, int64_t, double *, double *,
+                             int64_t);
+
 typedef struct {
     const char *isa;
     ck_fwd_f32_t fwd_f32, fwd1_f32, fwdk_f32;
@@ -250,11 +330,15 @@ typedef struct {
     int kvec_f32, kvec_f64; /* output channels per block of fwdk_* */
     ck_gw_f32_t gw_f32;
     ck_gw_f64_t gw_f64;
+    ck_gwk_f32_t gwk_f32;
+    ck_gwk_f64_t gwk_f64;
+    int gwk_f32_block, gwk_f64_block, gwk_cols; /* channels and columns per block */
 } ck_kernels_t;
 
 static ck_kernels_t ck_kernels = {
     "baseline", ck_fwd_f32_base, ck_fwd1_f32_base, ck_fwdk_f32_base, ck_fwd_f64_base,
-    ck_fwd1_f64_base, ck_fwdk_f64_base, 16, 8, ck_gw_f32_base, ck_gw_f64_base};
+    ck_fwd1_f64_base, ck_fwdk_f64_base, 16, 8, ck_gw_f32_base, ck_gw_f64_base,
+    ck_gwk_f32_base, ck_gwk_f64_base, 8, 4, 6};
 
 /* Pick the widest variant this CPU runs; CONVKIT_ISA=avx2|baseline caps it. */
 static void ck_select_kernels(const char *cap)
@@ -267,12 +351,14 @@ static void ck_select_kernels(const char *cap)
         __builtin_cpu_supports("fma")) {
         ck_kernels_t k = {"avx512f", ck_fwd_f32_avx512, ck_fwd1_f32_avx512,
                           ck_fwdk_f32_avx512, ck_fwd_f64_avx512, ck_fwd1_f64_avx512,
-                          ck_fwdk_f64_avx512, 32, 16, ck_gw_f32_avx512, ck_gw_f64_avx512};
+                          ck_fwdk_f64_avx512, 32, 16, ck_gw_f32_avx512, ck_gw_f64_avx512,
+                          ck_gwk_f32_avx512, ck_gwk_f64_avx512, 32, 16, 12};
         ck_kernels = k;
     } else if (allow2 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
         ck_kernels_t k = {"avx2", ck_fwd_f32_avx2, ck_fwd1_f32_avx2, ck_fwdk_f32_avx2,
                           ck_fwd_f64_avx2, ck_fwd1_f64_avx2, ck_fwdk_f64_avx2, 16, 8,
-                          ck_gw_f32_avx2, ck_gw_f64_avx2};
+                          ck_gw_f32_avx2, ck_gw_f64_avx2, ck_gwk_f32_avx2,
+                          ck_gwk_f64_avx2, 16, 8, 6};
         ck_kernels = k;
     }
 #else
