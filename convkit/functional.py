@@ -6,6 +6,7 @@ copied to C order only when needed.
 """
 
 import contextlib
+import math
 
 import numpy as np
 
@@ -74,8 +75,9 @@ def _choose_method(g, op, itemsize):
     all. Every other forward runs direct: its kernels scale with threads
     where im2col's copy does not. grad_weight runs direct wherever the
     channel-vector kernel applies (K/G at least half its channel block) and
-    for narrow groups. grad_input runs direct except for strided and
-    single-channel convolutions, where im2col + BLAS does less work.
+    for narrow groups. grad_input runs direct (one stride-1 convolution per
+    stride phase) except for single-channel inputs, where im2col's GEMM has
+    the larger inner dimension.
     """
     if g.is_pointwise:
         return "im2col"
@@ -85,9 +87,7 @@ def _choose_method(g, op, itemsize):
         if _use_channel_vector_grad_weight(g, itemsize):
             return "direct"
         return "direct" if g.P * g.Q >= 1024 and g.stride == (1, 1) else "im2col"
-    if g.stride != (1, 1) or g.C_per_group == 1:
-        return "im2col"
-    return "direct"
+    return "im2col" if g.C_per_group == 1 else "direct"
 
 
 def _use_channel_vector_grad_weight(g, itemsize):
@@ -205,29 +205,58 @@ def _forward_direct(x, weight, bias, g, y, n_threads):
                          channel_vector, n_threads)
 
 
-def _grad_input_direct(grad_output, weight, g, n_threads):
-    """grad_input as a stride-1 convolution of grad_output (a transposed convolution).
+def _phase_taps(a, stride, dilation, pad, kernel):
+    """The kernel taps feeding input rows a, a + stride, a + 2*stride, ... in grad_input.
 
-    grad_input = conv(grad_output, weight flipped in R and S with K and C/G
-    swapped, padding eff - 1 - pad, same dilation). For stride > 1,
-    grad_output is first spread onto every stride-th row and column of a zero
-    grid, so the same kernel applies.
+    Input row h = a + stride*i receives tap r from grad_output row
+    i + (a + pad - r*dilation) / stride wherever that division is exact.
+    Returns (taps, first_offset, tap_dilation): the taps in increasing order
+    of that row offset (decreasing r), the offset of the first, and the
+    spacing of consecutive offsets.
+    """
+    taps = [r for r in range(kernel - 1, -1, -1) if (a + pad - r * dilation) % stride == 0]
+    first = (a + pad - taps[0] * dilation) // stride if taps else 0
+    return taps, first, dilation // math.gcd(stride, dilation)
+
+
+def _grad_input_direct(grad_output, weight, g, n_threads):
+    """grad_input as stride-1 convolutions of grad_output, one per input phase.
+
+    Input pixels (h, w) with h % sh == a and w % sw == b (a phase) receive
+    grad_output through the taps r, s that divide exactly: a stride-1
+    convolution of grad_output with those taps of the weight, flipped and
+    with K and C/G swapped (a transposed convolution). Each phase runs the
+    forward direct kernel and is written to its rows and columns of
+    grad_input; stride 1 is the single phase (0, 0). No multiply touches the
+    zeros a strided transposed convolution would otherwise spread between
+    grad_output's rows and columns.
     """
     (sh, sw), (dh, dw) = g.stride, g.dilation
-    N, P, Q = g.N, g.P, g.Q
-    if (sh, sw) != (1, 1):
-        P, Q = (P - 1) * sh + 1, (Q - 1) * sw + 1
-        spread = np.zeros((N, g.K, P, Q), dtype=grad_output.dtype)
-        spread[:, :, ::sh, ::sw] = grad_output
-        grad_output = spread
-    pads = (((g.R - 1) * dh - g.padding[0][0], 0), ((g.S - 1) * dw - g.padding[1][0], 0))
-    transposed = ConvGeometry(N, g.K, P, Q, g.C, g.R, g.S, g.H, g.W, g.groups, (1, 1),
-                              g.dilation, pads)
     G, Kg, Cg = g.groups, g.K_per_group, g.C_per_group
-    flipped = weight.reshape(G, Kg, Cg, g.R, g.S)[:, :, :, ::-1, ::-1]
-    flipped = flipped.transpose(0, 2, 1, 3, 4).reshape(g.C, Kg, g.R, g.S)
-    grad_input = np.empty(g.input_shape, dtype=grad_output.dtype)
-    _forward_direct(grad_output, flipped, None, transposed, grad_input, n_threads)
+    flipped = weight.reshape(G, Kg, Cg, g.R, g.S).transpose(0, 2, 1, 3, 4)
+    flipped = flipped.reshape(g.C, Kg, g.R, g.S)
+    single = (sh, sw) == (1, 1)
+    grad_input = (np.empty if single else np.zeros)(g.input_shape, dtype=grad_output.dtype)
+    for a in range(min(sh, g.H)):
+        rows, top, d_r = _phase_taps(a, sh, dh, g.padding[0][0], g.R)
+        H_a = -(-(g.H - a) // sh)
+        for b in range(min(sw, g.W)):
+            cols, left, d_s = _phase_taps(b, sw, dw, g.padding[1][0], g.S)
+            W_b = -(-(g.W - b) // sw)
+            if not rows or not cols:
+                continue  # no tap reaches this phase: its gradient is zero
+            R_a, S_b = len(rows), len(cols)
+            pads = ((-top, H_a - g.P + top + d_r * (R_a - 1)),
+                    (-left, W_b - g.Q + left + d_s * (S_b - 1)))
+            phase = ConvGeometry(g.N, g.K, g.P, g.Q, g.C, R_a, S_b, H_a, W_b, G, (1, 1),
+                                 (d_r, d_s), pads)
+            sub = np.ascontiguousarray(flipped[:, :, rows][:, :, :, cols])
+            if single:
+                _forward_direct(grad_output, sub, None, phase, grad_input, n_threads)
+            else:
+                part = np.empty(phase.output_shape, dtype=grad_output.dtype)
+                _forward_direct(grad_output, sub, None, phase, part, n_threads)
+                grad_input[:, :, a::sh, b::sw] = part
     return grad_input
 
 

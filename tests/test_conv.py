@@ -46,6 +46,7 @@ CASES = {
     # Channel-vector grad_weight: a K/G tail in the lanes, groups, image runs.
     "channel_vector_gw_groups2_K_tail": ((3, 6, 7, 8), (40, 3, 3, 3), True,
                                          dict(groups=2, padding=1)),
+    "C1_K8_stride2_auto_im2col": ((2, 1, 9, 8), (8, 1, 3, 3), True, dict(stride=2, padding=1)),
     "channel_vector_gw_9_images_stride2": ((9, 4, 11, 10), (24, 4, 3, 2), False,
                                            dict(stride=2, dilation=(1, 2), padding=1)),
 }
