@@ -29,6 +29,12 @@ from convkit._validation import (
 )
 
 _MiB = 1 << 20
+# Convolutions with at most this many input channels per group pack their
+# input per task, into cache, rather than all at once.
+_LOCAL_PACK_CHANNELS = 4
+# Bytes of input and grad_output planes the depthwise grad_weight packs at a
+# time per thread (its sums run over that many images at once).
+_DEPTHWISE_SCRATCH = 256 * 1024
 # The channel-vector grad_weight splits the images when its channel and
 # column blocks make fewer tasks than this (a property of the shape only).
 _GW_MIN_TASKS = 8
@@ -73,21 +79,23 @@ def _choose_method(g, op, itemsize):
     variant, never on the thread count, so results stay bitwise identical
     across thread counts. 1x1 convolutions are one GEMM with no im2col at
     all. Every other forward runs direct: its kernels scale with threads
-    where im2col's copy does not. grad_weight runs direct wherever the
-    channel-vector kernel applies (K/G at least half its channel block) and
-    for narrow groups. grad_input runs direct (one stride-1 convolution per
-    stride phase) except for single-channel inputs, where im2col's GEMM has
-    the larger inner dimension.
+    where im2col's copy does not. Single-channel inputs (C/G == 1, K/G >= 8)
+    take im2col for both gradients: its GEMMs then have the longest inner
+    dimension. Otherwise grad_input runs direct (one stride-1 convolution
+    per stride phase), and so does grad_weight wherever the channel-vector
+    kernel applies (K/G at least half its channel block).
     """
     if g.is_pointwise:
         return "im2col"
     if op == "forward" or g.K_per_group < 8:
         return "direct"
+    if g.C_per_group == 1:
+        return "im2col"
     if op == "grad_weight":
         if _use_channel_vector_grad_weight(g, itemsize):
             return "direct"
         return "direct" if g.P * g.Q >= 1024 and g.stride == (1, 1) else "im2col"
-    return "im2col" if g.C_per_group == 1 else "direct"
+    return "direct"
 
 
 def _use_channel_vector_grad_weight(g, itemsize):
@@ -191,8 +199,19 @@ def _channel_vector(g, itemsize, Wph):
 
 def _forward_direct(x, weight, bias, g, y, n_threads):
     layout = _phase_layout(g)
-    packed = _pack_input(x, g, layout, n_threads)
     bias = np.zeros(g.K, x.dtype) if bias is None else contiguous(bias)
+    if g.C_per_group <= _LOCAL_PACK_CHANNELS:
+        # Narrow groups: each task packs its few channels into cache itself.
+        Hph, Wph, plane_len, tap_off = layout
+        kb = _conv.CHANNEL_BLOCK if g.K_per_group >= 4 else 1
+        gstride = g.P * Wph + _conv.PLANE_SLACK
+        (sh, sw) = g.stride
+        width = g.C_per_group * sh * sw * plane_len + kb * gstride
+        scratch = np.empty((n_threads, width), dtype=x.dtype)
+        _conv.forward_local(x, _pack_weight(weight, g, kb), tap_off, bias, y, scratch, sh, sw,
+                            g.padding[0][0], g.padding[1][0], Hph, Wph, plane_len, n_threads)
+        return
+    packed = _pack_input(x, g, layout, n_threads)
     channel_vector = _channel_vector(g, x.itemsize, layout[1])
     if channel_vector:
         kb = _conv.channel_vector_block(x.itemsize)
@@ -263,6 +282,8 @@ def _grad_input_direct(grad_output, weight, g, n_threads):
 def _grad_weight_direct(grad_output, x, g, n_threads):
     if _use_channel_vector_grad_weight(g, x.itemsize):
         return _grad_weight_channel_vector(grad_output, x, g, n_threads)
+    if g.C_per_group == 1:
+        return _grad_weight_depthwise(grad_output, x, g, n_threads)
     layout = _phase_layout(g)
     Wph = layout[1]
     packed = _pack_input(x, g, layout, n_threads)
@@ -306,6 +327,21 @@ def _grad_weight_channel_vector(grad_output, x, g, n_threads):
     grad_weight = partial[0]
     for i in range(1, splits):
         grad_weight += partial[i]
+    return grad_weight.reshape(g.weight_shape)
+
+
+def _grad_weight_depthwise(grad_output, x, g, n_threads):
+    """grad_weight with one input channel per group, packed per task into cache."""
+    Hph, Wph, plane_len, tap_off = _phase_layout(g)
+    (sh, sw) = g.stride
+    per_image = sh * sw * plane_len + g.P * Wph
+    # A property of the shape alone: the sums' order depends on it.
+    images = max(1, min(g.N, _DEPTHWISE_SCRATCH // (x.itemsize * per_image)))
+    scratch = np.empty((n_threads, images * per_image + g.R * g.S), dtype=x.dtype)
+    grad_weight = np.empty((g.K, 1, g.R * g.S), dtype=x.dtype)
+    _conv.grad_weight_depthwise(grad_output, x, tap_off, grad_weight, scratch, sh, sw,
+                                g.padding[0][0], g.padding[1][0], Hph, Wph, plane_len, images,
+                                n_threads)
     return grad_weight.reshape(g.weight_shape)
 
 

@@ -192,6 +192,8 @@ cdef extern from "_direct.h" nogil:
         int kvec_f64
         ck_gw_f32_t gw_f32
         ck_gw_f64_t gw_f64
+        ck_gw_f32_t gw1_f32
+        ck_gw_f64_t gw1_f64
         ck_gwk_f32_t gwk_f32
         ck_gwk_f64_t gwk_f64
         int gwk_f32_block
@@ -235,6 +237,35 @@ def kernel_isa():
     return ck_kernels.isa.decode()
 
 
+cdef inline void _pack_channel(const floating *xplane, floating *out, int64_t H, int64_t W,
+                               int64_t sh, int64_t sw, int64_t pt, int64_t pl, int64_t Hph,
+                               int64_t Wph, int64_t L) noexcept nogil:
+    """The sh*sw phase planes of one (H, W) channel, L elements apart (see pack_phases)."""
+    cdef int64_t a, b, i, j, h, j_lo, j_hi
+    cdef floating *plane
+    for a in range(sh):
+        for b in range(sw):
+            plane = out + (a * sw + b) * L
+            j_lo = _first_column(Wph, sw, b - pl)
+            j_hi = _max(_end_column(W, Wph, sw, b - pl), j_lo)
+            for i in range(Hph):
+                h = i * sh + a - pt
+                if h < 0 or h >= H:
+                    memset(plane + i * Wph, 0, Wph * sizeof(floating))
+                    continue
+                for j in range(j_lo):
+                    plane[i * Wph + j] = 0
+                if sw == 1:
+                    for j in range(j_lo, j_hi):
+                        plane[i * Wph + j] = xplane[h * W + j + b - pl]
+                else:
+                    for j in range(j_lo, j_hi):
+                        plane[i * Wph + j] = xplane[h * W + j * sw + b - pl]
+                for j in range(j_hi, Wph):
+                    plane[i * Wph + j] = 0
+            memset(plane + Hph * Wph, 0, (L - Hph * Wph) * sizeof(floating))
+
+
 def pack_phases(const floating[:, :, :, ::1] x,  # IN  (N, C, H, W)
                 floating[:, :, :, ::1] out,      # OUT (N, C, sh*sw, plane_len)
                 int64_t sh, int64_t sw, int64_t pt, int64_t pl,
@@ -246,32 +277,58 @@ def pack_phases(const floating[:, :, :, ::1] x,  # IN  (N, C, H, W)
     """
     cdef int64_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef int64_t L = out.shape[3]
-    cdef int64_t task, a, b, i, j, h, j_lo, j_hi
-    cdef floating *plane
-    cdef const floating *xplane
+    cdef int64_t task
     for task in prange(N * C, schedule="static", nogil=True, num_threads=n_threads):
-        xplane = &x[task // C, task % C, 0, 0]
-        for a in range(sh):
-            for b in range(sw):
-                plane = &out[task // C, task % C, a * sw + b, 0]
-                j_lo = _first_column(Wph, sw, b - pl)
-                j_hi = _max(_end_column(W, Wph, sw, b - pl), j_lo)
-                for i in range(Hph):
-                    h = i * sh + a - pt
-                    if h < 0 or h >= H:
-                        memset(plane + i * Wph, 0, Wph * sizeof(floating))
-                        continue
-                    for j in range(j_lo):
-                        plane[i * Wph + j] = 0
-                    if sw == 1:
-                        for j in range(j_lo, j_hi):
-                            plane[i * Wph + j] = xplane[h * W + j + b - pl]
-                    else:
-                        for j in range(j_lo, j_hi):
-                            plane[i * Wph + j] = xplane[h * W + j * sw + b - pl]
-                    for j in range(j_hi, Wph):
-                        plane[i * Wph + j] = 0
-                memset(plane + Hph * Wph, 0, (L - Hph * Wph) * sizeof(floating))
+        _pack_channel(&x[task // C, task % C, 0, 0], &out[task // C, task % C, 0, 0],
+                      H, W, sh, sw, pt, pl, Hph, Wph, L)
+
+
+def forward_local(const floating[:, :, :, ::1] x,           # IN  (N, C, H, W)
+                  const floating[:, :, :, :, ::1] wpk,      # IN  (G, blocks, C/G, R*S, kb)
+                  const int64_t[::1] tap_off,               # IN  (R*S,)
+                  const floating[::1] bias,                 # IN  (K,)
+                  floating[:, :, :, ::1] y,                 # OUT (N, K, P, Q)
+                  floating[:, ::1] scratch,  # (n_threads, C/G*sh*sw*plane_len + kb*gstride)
+                  int64_t sh, int64_t sw, int64_t pt, int64_t pl, int64_t Hph, int64_t Wph,
+                  int64_t plane_len, int n_threads):
+    """forward_packed for narrow groups, each task packing its own channels.
+
+    Every (image, group, channel block) task packs the C/G input channels it
+    reads into its thread's scratch, where they stay in cache, instead of
+    reading a packed copy of the whole input from memory.
+    """
+    cdef int64_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef int64_t G = wpk.shape[0], blocks = wpk.shape[1], Cg = wpk.shape[2]
+    cdef int64_t RS = wpk.shape[3], kb = wpk.shape[4]
+    cdef int64_t K = y.shape[1], P = y.shape[2], Q = y.shape[3]
+    cdef int64_t Kg = K // G, chan_stride = sh * sw * plane_len
+    cdef int64_t gstride = (scratch.shape[1] - Cg * chan_stride) // kb
+    cdef int64_t task, n, g, blk, c, k0, kcount
+    cdef floating *xs
+    cdef ck_kernels_t kern = ck_kernels
+    for task in prange(N * G * blocks, schedule="static", nogil=True,
+                       num_threads=n_threads):
+        n = task // (G * blocks)
+        g = (task // blocks) % G
+        blk = task % blocks
+        k0 = blk * kb
+        kcount = Kg - k0
+        if kcount > kb:
+            kcount = kb
+        xs = &scratch[omp_get_thread_num(), 0]
+        for c in range(Cg):
+            _pack_channel(&x[n, g * Cg + c, 0, 0], xs + c * chan_stride, H, W, sh, sw, pt, pl,
+                          Hph, Wph, plane_len)
+        if floating is float:
+            (kern.fwd_f32 if kb == CK_KB else kern.fwd1_f32)(
+                xs, &wpk[g, blk, 0, 0, 0], &tap_off[0], Cg, RS, chan_stride, Wph, Q, P,
+                xs + Cg * chan_stride, gstride, &y[n, g * Kg + k0, 0, 0], P * Q, kcount,
+                &bias[g * Kg + k0])
+        else:
+            (kern.fwd_f64 if kb == CK_KB else kern.fwd1_f64)(
+                xs, &wpk[g, blk, 0, 0, 0], &tap_off[0], Cg, RS, chan_stride, Wph, Q, P,
+                xs + Cg * chan_stride, gstride, &y[n, g * Kg + k0, 0, 0], P * Q, kcount,
+                &bias[g * Kg + k0])
 
 
 def forward_packed(const floating[:, :, :, ::1] xpk,      # IN  (N, C, phases, plane_len)
@@ -439,3 +496,56 @@ def grad_weight_channel_vector(const floating[:, :, :, ::1] gyt,  # IN  (G, N, P
                          &xpk[n0, g * Cg, 0, 0], x_nstride, chan_stride, &tap_off[0], RS,
                          col0, count, bounds[i + 1] - n0, P, Q, Wph, chunk_rows, work,
                          &gw[i, g * Kg + blk * kb, 0, 0], Cg * RS)
+
+
+def grad_weight_depthwise(const floating[:, :, :, ::1] gy,  # IN  (N, K, P, Q)
+                          const floating[:, :, :, ::1] x,   # IN  (N, C, H, W), C == groups
+                          const int64_t[::1] tap_off,       # IN  (R*S,)
+                          floating[:, :, ::1] gw,           # OUT (K, 1, R*S)
+                          floating[:, ::1] scratch,  # (n_threads, images*(sh*sw*plane_len + grid_len) + R*S)
+                          int64_t sh, int64_t sw, int64_t pt, int64_t pl, int64_t Hph,
+                          int64_t Wph, int64_t plane_len, int64_t images, int n_threads):
+    """grad_weight of a convolution with one input channel per group.
+
+    One task per output channel k packs, for ``images`` images at a time,
+    its input channel's phase planes and grad_output's plane (on the Wph
+    grid, zero past column Q) into its thread's scratch, and sums every
+    image in order, so the result does not depend on the thread count.
+    """
+    cdef int64_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef int64_t K = gy.shape[1], P = gy.shape[2], Q = gy.shape[3]
+    cdef int64_t RS = gw.shape[2], Kg = K // C
+    cdef int64_t chan_stride = sh * sw * plane_len, grid_len = P * Wph
+    cdef int64_t k, n0, n1, i, p, q, t
+    cdef floating *xs
+    cdef floating *grid
+    cdef floating *part
+    for k in prange(K, schedule="static", nogil=True, num_threads=n_threads):
+        xs = &scratch[omp_get_thread_num(), 0]
+        grid = xs + images * chan_stride
+        part = grid + images * grid_len
+        n0 = 0
+        while n0 < N:
+            n1 = n0 + images
+            if n1 > N:
+                n1 = N
+            for i in range(n1 - n0):
+                _pack_channel(&x[n0 + i, k // Kg, 0, 0], xs + i * chan_stride, H, W, sh, sw,
+                              pt, pl, Hph, Wph, plane_len)
+                for p in range(P):
+                    for q in range(Q):
+                        grid[i * grid_len + p * Wph + q] = gy[n0 + i, k, p, q]
+                    for q in range(Q, Wph):
+                        grid[i * grid_len + p * Wph + q] = 0
+            if floating is float:
+                ck_kernels.gw1_f32(grid, grid_len, grid_len, 1, xs, chan_stride, &tap_off[0],
+                                   RS, n1 - n0, grid_len, part, RS)
+            else:
+                ck_kernels.gw1_f64(grid, grid_len, grid_len, 1, xs, chan_stride, &tap_off[0],
+                                   RS, n1 - n0, grid_len, part, RS)
+            for t in range(RS):
+                if n0 == 0:
+                    gw[k, 0, t] = part[t]
+                else:
+                    gw[k, 0, t] = gw[k, 0, t] + part[t]
+            n0 = n1

@@ -142,14 +142,14 @@
  * TB taps at a time, lanes reduced once at the end in a fixed order. The
  * caller zeroes the grid columns q >= Q of gy so they contribute nothing. */
 #define CK_GW_KB 4
-#define CK_DEFINE_GRAD_WEIGHT(NAME, T, VBYTES, TB, ATTR)                               \
+#define CK_DEFINE_GRAD_WEIGHT(NAME, T, VBYTES, KB2, TB, ATTR)                          \
     ATTR static void NAME(const T *gy, int64_t gy_kstride, int64_t gy_nstride,         \
                           int64_t kcount, const T *x, int64_t x_nstride,               \
                           const int64_t *tap_off, int64_t RS, int64_t N,               \
                           int64_t grid_len, T *gw, int64_t gw_kstride)                 \
     {                                                                                  \
         typedef T V __attribute__((vector_size(VBYTES)));                              \
-        enum { VL = VBYTES / sizeof(T), KB2 = CK_GW_KB };                              \
+        enum { VL = VBYTES / sizeof(T) };                                              \
         int64_t t0, kb, tb, j, l, n;                                                   \
         int64_t full = grid_len - grid_len % VL;                                       \
         for (t0 = 0; t0 < RS; t0 += TB) {                                              \
@@ -276,8 +276,10 @@ CK_DEFINE_FORWARD(ck_fwd1_f32_base, float, 16, 1, 4, CK_BASE)
 CK_DEFINE_FORWARD(ck_fwd1_f64_base, double, 16, 1, 4, CK_BASE)
 CK_DEFINE_FORWARD_KVEC(ck_fwdk_f32_base, float, 16, 4, 3, CK_BASE)
 CK_DEFINE_FORWARD_KVEC(ck_fwdk_f64_base, double, 16, 4, 3, CK_BASE)
-CK_DEFINE_GRAD_WEIGHT(ck_gw_f32_base, float, 16, 2, CK_BASE)
-CK_DEFINE_GRAD_WEIGHT(ck_gw_f64_base, double, 16, 2, CK_BASE)
+CK_DEFINE_GRAD_WEIGHT(ck_gw_f32_base, float, 16, CK_GW_KB, 2, CK_BASE)
+CK_DEFINE_GRAD_WEIGHT(ck_gw1_f32_base, float, 16, 1, 4, CK_BASE)
+CK_DEFINE_GRAD_WEIGHT(ck_gw_f64_base, double, 16, CK_GW_KB, 2, CK_BASE)
+CK_DEFINE_GRAD_WEIGHT(ck_gw1_f64_base, double, 16, 1, 4, CK_BASE)
 CK_DEFINE_GRAD_WEIGHT_KVEC(ck_gwk_f32_base, float, 16, 2, 6, CK_BASE)
 CK_DEFINE_GRAD_WEIGHT_KVEC(ck_gwk_f64_base, double, 16, 2, 6, CK_BASE)
 #if CK_X86
@@ -287,8 +289,10 @@ CK_DEFINE_FORWARD(ck_fwd1_f32_avx2, float, 32, 1, 4, CK_AVX2)
 CK_DEFINE_FORWARD(ck_fwd1_f64_avx2, double, 32, 1, 4, CK_AVX2)
 CK_DEFINE_FORWARD_KVEC(ck_fwdk_f32_avx2, float, 32, 2, 6, CK_AVX2)
 CK_DEFINE_FORWARD_KVEC(ck_fwdk_f64_avx2, double, 32, 2, 6, CK_AVX2)
-CK_DEFINE_GRAD_WEIGHT(ck_gw_f32_avx2, float, 32, 2, CK_AVX2)
-CK_DEFINE_GRAD_WEIGHT(ck_gw_f64_avx2, double, 32, 2, CK_AVX2)
+CK_DEFINE_GRAD_WEIGHT(ck_gw_f32_avx2, float, 32, CK_GW_KB, 2, CK_AVX2)
+CK_DEFINE_GRAD_WEIGHT(ck_gw1_f32_avx2, float, 32, 1, 4, CK_AVX2)
+CK_DEFINE_GRAD_WEIGHT(ck_gw_f64_avx2, double, 32, CK_GW_KB, 2, CK_AVX2)
+CK_DEFINE_GRAD_WEIGHT(ck_gw1_f64_avx2, double, 32, 1, 4, CK_AVX2)
 CK_DEFINE_GRAD_WEIGHT_KVEC(ck_gwk_f32_avx2, float, 32, 2, 6, CK_AVX2)
 CK_DEFINE_GRAD_WEIGHT_KVEC(ck_gwk_f64_avx2, double, 32, 2, 6, CK_AVX2)
 CK_DEFINE_FORWARD(ck_fwd_f32_avx512, float, 64, CK_KB, 2, CK_AVX512)
@@ -297,8 +301,10 @@ CK_DEFINE_FORWARD(ck_fwd1_f32_avx512, float, 64, 1, 8, CK_AVX512)
 CK_DEFINE_FORWARD(ck_fwd1_f64_avx512, double, 64, 1, 8, CK_AVX512)
 CK_DEFINE_FORWARD_KVEC(ck_fwdk_f32_avx512, float, 64, 2, 8, CK_AVX512)
 CK_DEFINE_FORWARD_KVEC(ck_fwdk_f64_avx512, double, 64, 2, 8, CK_AVX512)
-CK_DEFINE_GRAD_WEIGHT(ck_gw_f32_avx512, float, 64, 3, CK_AVX512)
-CK_DEFINE_GRAD_WEIGHT(ck_gw_f64_avx512, double, 64, 3, CK_AVX512)
+CK_DEFINE_GRAD_WEIGHT(ck_gw_f32_avx512, float, 64, CK_GW_KB, 3, CK_AVX512)
+CK_DEFINE_GRAD_WEIGHT(ck_gw1_f32_avx512, float, 64, 1, 6, CK_AVX512)
+CK_DEFINE_GRAD_WEIGHT(ck_gw_f64_avx512, double, 64, CK_GW_KB, 3, CK_AVX512)
+CK_DEFINE_GRAD_WEIGHT(ck_gw1_f64_avx512, double, 64, 1, 6, CK_AVX512)
 CK_DEFINE_GRAD_WEIGHT_KVEC(ck_gwk_f32_avx512, float, 64, 2, 12, CK_AVX512)
 CK_DEFINE_GRAD_WEIGHT_KVEC(ck_gwk_f64_avx512, double, 64, 2, 12, CK_AVX512)
 #endif
@@ -330,6 +336,8 @@ typedef struct {
     int kvec_f32, kvec_f64; /* output channels per block of fwdk_* */
     ck_gw_f32_t gw_f32;
     ck_gw_f64_t gw_f64;
+    ck_gw_f32_t gw1_f32; /* one output channel: depthwise */
+    ck_gw_f64_t gw1_f64;
     ck_gwk_f32_t gwk_f32;
     ck_gwk_f64_t gwk_f64;
     int gwk_f32_block, gwk_f64_block, gwk_cols; /* channels and columns per block */
@@ -338,7 +346,7 @@ typedef struct {
 static ck_kernels_t ck_kernels = {
     "baseline", ck_fwd_f32_base, ck_fwd1_f32_base, ck_fwdk_f32_base, ck_fwd_f64_base,
     ck_fwd1_f64_base, ck_fwdk_f64_base, 16, 8, ck_gw_f32_base, ck_gw_f64_base,
-    ck_gwk_f32_base, ck_gwk_f64_base, 8, 4, 6};
+    ck_gw1_f32_base, ck_gw1_f64_base, ck_gwk_f32_base, ck_gwk_f64_base, 8, 4, 6};
 
 /* Pick the widest variant this CPU runs; CONVKIT_ISA=avx2|baseline caps it. */
 static void ck_select_kernels(const char *cap)
@@ -352,12 +360,14 @@ static void ck_select_kernels(const char *cap)
         ck_kernels_t k = {"avx512f", ck_fwd_f32_avx512, ck_fwd1_f32_avx512,
                           ck_fwdk_f32_avx512, ck_fwd_f64_avx512, ck_fwd1_f64_avx512,
                           ck_fwdk_f64_avx512, 32, 16, ck_gw_f32_avx512, ck_gw_f64_avx512,
-                          ck_gwk_f32_avx512, ck_gwk_f64_avx512, 32, 16, 12};
+                          ck_gw1_f32_avx512, ck_gw1_f64_avx512, ck_gwk_f32_avx512,
+                          ck_gwk_f64_avx512, 32, 16, 12};
         ck_kernels = k;
     } else if (allow2 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
         ck_kernels_t k = {"avx2", ck_fwd_f32_avx2, ck_fwd1_f32_avx2, ck_fwdk_f32_avx2,
                           ck_fwd_f64_avx2, ck_fwd1_f64_avx2, ck_fwdk_f64_avx2, 16, 8,
-                          ck_gw_f32_avx2, ck_gw_f64_avx2, ck_gwk_f32_avx2,
+                          ck_gw_f32_avx2, ck_gw_f64_avx2, ck_gw1_f32_avx2,
+                          ck_gw1_f64_avx2, ck_gwk_f32_avx2,
                           ck_gwk_f64_avx2, 16, 8, 6};
         ck_kernels = k;
     }
