@@ -220,8 +220,10 @@ def _forward_direct(x, weight, bias, g, y, n_threads):
     weight = _pack_weight(weight, g, kb)
     gstride = g.P * layout[1] + _conv.PLANE_SLACK
     scratch = np.empty((n_threads, 1 if channel_vector else kb * gstride), dtype=x.dtype)
+    # Stride 1: plane rows [pt, pt + H) hold the input, the rest is padding.
+    rows = g.H if g.stride == (1, 1) else -1
     _conv.forward_packed(packed, weight, layout[3], bias, y, scratch, layout[1],
-                         channel_vector, n_threads)
+                         channel_vector, g.S, g.dilation[0], g.padding[0][0], rows, n_threads)
 
 
 def _phase_taps(a, stride, dilation, pad, kernel):

@@ -61,19 +61,36 @@ cdef inline void _scatter_strided(floating *out, const floating *src, floating a
             out[q * stride + offset] += a * src[q]
 
 
+cdef inline floating _sum8(const floating *v, int64_t L) noexcept nogil:
+    """Sum of v[0:L] in a fixed order: 8 interleaved partial sums, then the tail."""
+    cdef floating s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0
+    cdef int64_t i, full = L - L % 8
+    for i in range(0, full, 8):
+        s0 = s0 + v[i]
+        s1 = s1 + v[i + 1]
+        s2 = s2 + v[i + 2]
+        s3 = s3 + v[i + 3]
+        s4 = s4 + v[i + 4]
+        s5 = s5 + v[i + 5]
+        s6 = s6 + v[i + 6]
+        s7 = s7 + v[i + 7]
+    for i in range(full, L):
+        s0 = s0 + v[i]
+    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+
+
 def grad_bias(const floating[:, :, ::1] grad_output,  # IN  (N, K, P*Q)
               floating[::1] out,                     # OUT (K,)
               int n_threads):
-    """out[k] = sum over n, then over p*q, of grad_output: fixed order per k."""
+    """out[k] = sum over n of (sum over p*q of grad_output): fixed order per k."""
     cdef int64_t N = grad_output.shape[0], K = grad_output.shape[1]
     cdef int64_t L = grad_output.shape[2]
-    cdef int64_t k, n, i
+    cdef int64_t k, n
     cdef floating total
     for k in prange(K, schedule="static", nogil=True, num_threads=n_threads):
         total = 0
         for n in range(N):
-            for i in range(L):
-                total = total + grad_output[n, k, i]
+            total = total + _sum8(&grad_output[n, k, 0], L)
         out[k] = total
 
 
@@ -166,6 +183,14 @@ cdef extern from "_direct.h" nogil:
     ctypedef void (*ck_fwd_f64_t)(const double *, const double *, const int64_t *, int64_t,
                                   int64_t, int64_t, int64_t, int64_t, int64_t, double *,
                                   int64_t, double *, int64_t, int64_t, const double *)
+    ctypedef void (*ck_fwdk_f32_t)(const float *, const float *, const int64_t *, int64_t,
+                                   int64_t, int64_t, int64_t, int64_t, int64_t, float *,
+                                   int64_t, float *, int64_t, int64_t, const float *, int64_t,
+                                   int64_t, int64_t, int64_t)
+    ctypedef void (*ck_fwdk_f64_t)(const double *, const double *, const int64_t *, int64_t,
+                                   int64_t, int64_t, int64_t, int64_t, int64_t, double *,
+                                   int64_t, double *, int64_t, int64_t, const double *, int64_t,
+                                   int64_t, int64_t, int64_t)
     ctypedef void (*ck_gw_f32_t)(const float *, int64_t, int64_t, int64_t, const float *,
                                  int64_t, const int64_t *, int64_t, int64_t, int64_t,
                                  float *, int64_t)
@@ -184,10 +209,10 @@ cdef extern from "_direct.h" nogil:
         const char *isa
         ck_fwd_f32_t fwd_f32
         ck_fwd_f32_t fwd1_f32
-        ck_fwd_f32_t fwdk_f32
+        ck_fwdk_f32_t fwdk_f32
         ck_fwd_f64_t fwd_f64
         ck_fwd_f64_t fwd1_f64
-        ck_fwd_f64_t fwdk_f64
+        ck_fwdk_f64_t fwdk_f64
         int kvec_f32
         int kvec_f64
         ck_gw_f32_t gw_f32
@@ -337,12 +362,16 @@ def forward_packed(const floating[:, :, :, ::1] xpk,      # IN  (N, C, phases, p
                    const floating[::1] bias,              # IN  (K,)
                    floating[:, :, :, ::1] y,              # OUT (N, K, P, Q)
                    floating[:, ::1] scratch,              # (n_threads, kb * gstride)
-                   int64_t Wph, bint channel_vector, int n_threads):
+                   int64_t Wph, bint channel_vector, int64_t S, int64_t dh, int64_t row_lo,
+                   int64_t rows, int n_threads):
     """y = conv of the packed input with the packed weights (see _direct.h).
 
     kb (the weights' last axis) selects the kernel: CK_KB output channels
     over grid vectors, 1 channel over grid vectors, or, with
     ``channel_vector``, channel_vector_block() channels in the vector lanes.
+    The channel-vector kernel skips kernel rows that read only padding when
+    ``rows`` >= 0: S taps per kernel row, dilation dh, input in plane rows
+    [row_lo, row_lo + rows) (stride 1 only; pass rows = -1 otherwise).
     """
     cdef int64_t N = xpk.shape[0], C = xpk.shape[1]
     cdef int64_t chan_stride = xpk.shape[2] * xpk.shape[3]
@@ -364,17 +393,27 @@ def forward_packed(const floating[:, :, :, ::1] xpk,      # IN  (N, C, phases, p
             kcount = kb
         grid = &scratch[omp_get_thread_num(), 0]
         if floating is float:
-            (kern.fwdk_f32 if channel_vector else kern.fwd_f32 if kb == CK_KB
-             else kern.fwd1_f32)(
-                &xpk[n, g * Cg, 0, 0], &wpk[g, blk, 0, 0, 0], &tap_off[0], Cg, RS,
-                chan_stride, Wph, Q, P, grid, gstride, &y[n, g * Kg + k0, 0, 0], P * Q,
-                kcount, &bias[g * Kg + k0])
+            if channel_vector:
+                kern.fwdk_f32(
+                    &xpk[n, g * Cg, 0, 0], &wpk[g, blk, 0, 0, 0], &tap_off[0], Cg, RS,
+                    chan_stride, Wph, Q, P, grid, gstride, &y[n, g * Kg + k0, 0, 0], P * Q,
+                    kcount, &bias[g * Kg + k0], S, dh, row_lo, rows)
+            else:
+                (kern.fwd_f32 if kb == CK_KB else kern.fwd1_f32)(
+                    &xpk[n, g * Cg, 0, 0], &wpk[g, blk, 0, 0, 0], &tap_off[0], Cg, RS,
+                    chan_stride, Wph, Q, P, grid, gstride, &y[n, g * Kg + k0, 0, 0], P * Q,
+                    kcount, &bias[g * Kg + k0])
         else:
-            (kern.fwdk_f64 if channel_vector else kern.fwd_f64 if kb == CK_KB
-             else kern.fwd1_f64)(
-                &xpk[n, g * Cg, 0, 0], &wpk[g, blk, 0, 0, 0], &tap_off[0], Cg, RS,
-                chan_stride, Wph, Q, P, grid, gstride, &y[n, g * Kg + k0, 0, 0], P * Q,
-                kcount, &bias[g * Kg + k0])
+            if channel_vector:
+                kern.fwdk_f64(
+                    &xpk[n, g * Cg, 0, 0], &wpk[g, blk, 0, 0, 0], &tap_off[0], Cg, RS,
+                    chan_stride, Wph, Q, P, grid, gstride, &y[n, g * Kg + k0, 0, 0], P * Q,
+                    kcount, &bias[g * Kg + k0], S, dh, row_lo, rows)
+            else:
+                (kern.fwd_f64 if kb == CK_KB else kern.fwd1_f64)(
+                    &xpk[n, g * Cg, 0, 0], &wpk[g, blk, 0, 0, 0], &tap_off[0], Cg, RS,
+                    chan_stride, Wph, Q, P, grid, gstride, &y[n, g * Kg + k0, 0, 0], P * Q,
+                    kcount, &bias[g * Kg + k0])
 
 
 def grad_weight_packed(const floating[:, :, ::1] gy_grid,   # IN  (N, K, P*Wph) zero at q >= Q

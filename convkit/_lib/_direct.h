@@ -85,7 +85,11 @@
 
 /* Channel-vector forward: a block of VL*KV output channels lies in the vector
  * lanes and QB output positions are enumerated exactly (p*Q + q, across
- * rows), so no grid column is wasted; input values are broadcast. The sum
+ * rows), so no grid column is wasted; input values are broadcast. With
+ * rows >= 0 (a stride-1 layout whose plane rows [row_lo, row_lo + rows) hold
+ * the input, the rest zero padding), kernel rows that read only padding for
+ * every position of a block are skipped: the transposed convolutions of
+ * grad_input on small maps are mostly padding. The sum
  * over (c, t) runs in the same order as in CK_DEFINE_FORWARD. Weights are
  * packed [c][t][VL*KV]. Worth it where the grid wastes much (Wph - Q large
  * against Q) and C*R*S is large enough to hide the transposed stores. */
@@ -94,7 +98,8 @@
                           int64_t Cg, int64_t RS, int64_t chan_stride,                 \
                           int64_t Wph, int64_t Q, int64_t P, T *grid, int64_t gstride, \
                           T *out, int64_t out_kstride, int64_t kcount,                 \
-                          const T *bias)                                               \
+                          const T *bias, int64_t S, int64_t dh, int64_t row_lo,        \
+                          int64_t rows)                                                \
     {                                                                                  \
         typedef T V __attribute__((vector_size(VBYTES)));                              \
         enum { VL = VBYTES / sizeof(T), KBW = VL * KV };                               \
@@ -110,10 +115,23 @@
                 for (v = 0; v < KV; v++)                                               \
                     acc[i][v] = (V){0};                                                \
             }                                                                          \
+            int64_t t_lo = 0, t_hi = RS;                                               \
+            if (rows >= 0) {                                                           \
+                /* Kernel rows r read plane rows p + r*dh; skip those reading only   \
+                 * zero padding for every row p of this block. */                     \
+                int64_t pa = j0 / Q, pb = (j0 + count - 1) / Q;                        \
+                int64_t lo = row_lo - pb, hi = row_lo + rows - 1 - pa;                 \
+                int64_t r_lo = lo <= 0 ? 0 : (lo + dh - 1) / dh;                       \
+                int64_t r_hi = hi < 0 ? 0 : hi / dh + 1;                               \
+                if (r_hi > RS / S)                                                     \
+                    r_hi = RS / S;                                                     \
+                t_lo = r_lo * S;                                                       \
+                t_hi = r_hi > r_lo ? r_hi * S : t_lo;                                  \
+            }                                                                          \
             for (c = 0; c < Cg; c++) {                                                 \
                 const T *xc = x + c * chan_stride;                                     \
                 const T *wc = w + c * RS * KBW;                                        \
-                for (t = 0; t < RS; t++) {                                             \
+                for (t = t_lo; t < t_hi; t++) {                                        \
                     const T *xt = xc + tap_off[t];                                     \
                     V wv[KV];                                                          \
                     for (v = 0; v < KV; v++)                                           \
@@ -315,6 +333,14 @@ typedef void (*ck_fwd_f32_t)(const float *, const float *, const int64_t *, int6
 typedef void (*ck_fwd_f64_t)(const double *, const double *, const int64_t *, int64_t,
                              int64_t, int64_t, int64_t, int64_t, int64_t, double *, int64_t,
                              double *, int64_t, int64_t, const double *);
+typedef void (*ck_fwdk_f32_t)(const float *, const float *, const int64_t *, int64_t, int64_t,
+                              int64_t, int64_t, int64_t, int64_t, float *, int64_t, float *,
+                              int64_t, int64_t, const float *, int64_t, int64_t, int64_t,
+                              int64_t);
+typedef void (*ck_fwdk_f64_t)(const double *, const double *, const int64_t *, int64_t,
+                              int64_t, int64_t, int64_t, int64_t, int64_t, double *, int64_t,
+                              double *, int64_t, int64_t, const double *, int64_t, int64_t,
+                              int64_t, int64_t);
 typedef void (*ck_gw_f32_t)(const float *, int64_t, int64_t, int64_t, const float *, int64_t,
                             const int64_t *, int64_t, int64_t, int64_t, float *, int64_t);
 typedef void (*ck_gw_f64_t)(const double *, int64_t, int64_t, int64_t, const double *,
@@ -331,8 +357,10 @@ typedef void (*ck_gwk_f64_t)(const double *, int64_t, int64_t, int64_t, const do
 
 typedef struct {
     const char *isa;
-    ck_fwd_f32_t fwd_f32, fwd1_f32, fwdk_f32;
-    ck_fwd_f64_t fwd_f64, fwd1_f64, fwdk_f64;
+    ck_fwd_f32_t fwd_f32, fwd1_f32;
+    ck_fwdk_f32_t fwdk_f32;
+    ck_fwd_f64_t fwd_f64, fwd1_f64;
+    ck_fwdk_f64_t fwdk_f64;
     int kvec_f32, kvec_f64; /* output channels per block of fwdk_* */
     ck_gw_f32_t gw_f32;
     ck_gw_f64_t gw_f64;
