@@ -300,32 +300,33 @@ def _grad_weight_direct(grad_output, x, g, n_threads):
 def _grad_weight_channel_vector(grad_output, x, g, n_threads):
     """grad_weight with a block of output channels in the vector lanes (see _direct.h).
 
-    grad_output is transposed once to (group, image, position, channel), the
-    channel axis padded to the kernel's block with zeros. Where the channel
-    and column blocks alone make too few tasks, the images are split into a
-    fixed number of runs (from the geometry alone) whose partial sums are
-    added in order, so the result never depends on the thread count.
+    Where the channel and column blocks alone make too few tasks, the images
+    are split into a fixed number of runs (from the geometry alone) whose
+    partial sums are added in order, so the result never depends on the
+    thread count.
     """
     layout = _phase_layout(g)
     packed = _pack_input(x, g, layout, n_threads)
-    G, Kg, N, PQ = g.groups, g.K_per_group, g.N, g.P * g.Q
+    G, Kg, N = g.groups, g.K_per_group, g.N
     kb = _conv.grad_weight_channel_block(x.itemsize)
     blocks = -(-Kg // kb)
-    gyt = np.empty((G, N, PQ, blocks * kb), dtype=x.dtype)
-    _conv.transpose_channels(grad_output.reshape(N, g.K, PQ), gyt, n_threads)
     ncols = g.C_per_group * g.R * g.S
     tb = _conv.grad_weight_column_block()
     column_blocks = -(-ncols // tb)
     splits = min(N, -(-_GW_MIN_TASKS // (G * blocks * column_blocks)))
-    # Column runs only share out the work: every column is summed alone.
-    runs = max(1, min(column_blocks, -(-4 * n_threads // (G * blocks * splits))))
+    # Column runs only share out the work (every column is summed alone);
+    # each run transposes its chunks of grad_output again, so make few.
+    runs = max(1, min(column_blocks, -(-n_threads // (G * blocks * splits))))
     cols_per_task = -(-column_blocks // runs) * tb
-    chunk_rows = max(1, 256 // g.Q)
-    scratch = np.empty((n_threads, cols_per_task * kb), dtype=x.dtype)
+    # Output rows per chunk: a chunk of grad_output, transposed, fills
+    # about 32 KiB (L1) as the column blocks pass over it.
+    chunk_rows = max(1, (32 * 1024 // (kb * x.itemsize)) // g.Q)
+    scratch = np.empty((n_threads, (cols_per_task + chunk_rows * g.Q) * kb), dtype=x.dtype)
     partial = np.empty((splits, g.K, g.C_per_group, g.R * g.S), dtype=x.dtype)
     bounds = np.linspace(0, N, splits + 1).astype(np.int64)
-    _conv.grad_weight_channel_vector(gyt, packed, layout[3], bounds, partial, scratch, g.P,
-                                     g.Q, layout[1], cols_per_task, chunk_rows, n_threads)
+    _conv.grad_weight_channel_vector(grad_output.reshape(N, g.K, g.P * g.Q), packed,
+                                     layout[3], bounds, partial, scratch, g.P, g.Q, layout[1],
+                                     cols_per_task, chunk_rows, n_threads)
     grad_weight = partial[0]
     for i in range(1, splits):
         grad_weight += partial[i]

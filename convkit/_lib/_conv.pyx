@@ -453,59 +453,30 @@ def grad_weight_packed(const floating[:, :, ::1] gy_grid,   # IN  (N, K, P*Wph) 
                         &gw[k0, c, 0], Cg * RS)
 
 
-def transpose_channels(const floating[:, :, ::1] gy,    # IN  (N, K, P*Q)
-                       floating[:, :, :, ::1] out,      # OUT (G, N, P*Q, Kgp)
-                       int n_threads):
-    """out[g, n, j, k] = gy[n, g*Kg + k, j] for k < Kg = K/G, and 0 for k >= Kg."""
-    cdef int64_t N = gy.shape[0], K = gy.shape[1], L = gy.shape[2]
-    cdef int64_t G = out.shape[0], Kgp = out.shape[3], Kg = K // G
-    cdef int64_t CHUNK = 32
-    cdef int64_t chunks = (L + CHUNK - 1) // CHUNK
-    cdef int64_t task, g, n, j0, j1, j, k
-    cdef floating *dst
-    cdef const floating *src
-    for task in prange(G * N * chunks, schedule="static", nogil=True, num_threads=n_threads):
-        g = task // (N * chunks)
-        n = (task // chunks) % N
-        j0 = (task % chunks) * CHUNK
-        j1 = j0 + CHUNK
-        if j1 > L:
-            j1 = L
-        dst = &out[g, n, 0, 0]
-        for k in range(Kg):
-            src = &gy[n, g * Kg + k, 0]
-            for j in range(j0, j1):
-                dst[j * Kgp + k] = src[j]
-        for j in range(j0, j1):
-            for k in range(Kg, Kgp):
-                dst[j * Kgp + k] = 0
-
-
-def grad_weight_channel_vector(const floating[:, :, :, ::1] gyt,  # IN  (G, N, P*Q, Kgp)
+def grad_weight_channel_vector(const floating[:, :, ::1] gy,     # IN  (N, K, P*Q)
                                const floating[:, :, :, ::1] xpk,  # IN  (N, C, phases, plane_len)
                                const int64_t[::1] tap_off,        # IN  (R*S,)
                                const int64_t[::1] bounds,         # IN  (splits + 1,) image runs
                                floating[:, :, :, ::1] gw,         # OUT (splits, K, C/G, R*S)
-                               floating[:, ::1] scratch,          # (n_threads, cols_per_task*kb)
+                               floating[:, ::1] scratch,          # (n_threads, see _direct.h)
                                int64_t P, int64_t Q, int64_t Wph, int64_t cols_per_task,
                                int64_t chunk_rows, int n_threads):
     """gw[i, k, c, t] = sum over images [bounds[i], bounds[i+1]) and output
-    positions of gyt[g, n, pos, k] * tap t of channel c.
+    positions of gy[n, g*K/G + k, pos] * tap t of channel c of group g.
 
-    gyt is grad_output transposed to (group, image, position, channel), its
-    channel axis zero-padded to a multiple of grad_weight_channel_block().
-    One task per (image run, group, channel block, run of cols_per_task
-    columns) sums its images in order, so the result does not depend on the
-    thread count or on cols_per_task.
+    One task per (image run, group, block of grad_weight_channel_block()
+    output channels, run of cols_per_task columns) sums its images in
+    order, so the result does not depend on the thread count or on
+    cols_per_task.
     """
-    cdef int64_t G = gyt.shape[0], Kgp = gyt.shape[3]
     cdef int64_t x_nstride = xpk.shape[1] * xpk.shape[2] * xpk.shape[3]
     cdef int64_t chan_stride = xpk.shape[2] * xpk.shape[3]
     cdef int64_t splits = gw.shape[0], K = gw.shape[1], Cg = gw.shape[2], RS = gw.shape[3]
-    cdef int64_t Kg = K // G, ncols = Cg * RS
+    cdef int64_t G = xpk.shape[1] // Cg, Kg = K // G, ncols = Cg * RS
     cdef int64_t kb = (ck_kernels.gwk_f32_block if floating is float
                        else ck_kernels.gwk_f64_block)
-    cdef int64_t kblocks = Kgp // kb, runs = (ncols + cols_per_task - 1) // cols_per_task
+    cdef int64_t kblocks = (Kg + kb - 1) // kb
+    cdef int64_t runs = (ncols + cols_per_task - 1) // cols_per_task
     cdef int64_t per_split = G * kblocks * runs
     cdef int64_t task, i, n0, g, blk, run, col0, count, kcount
     cdef floating *work
@@ -526,12 +497,12 @@ def grad_weight_channel_vector(const floating[:, :, :, ::1] gyt,  # IN  (G, N, P
             kcount = kb
         work = &scratch[omp_get_thread_num(), 0]
         if floating is float:
-            kern.gwk_f32(&gyt[g, n0, 0, blk * kb], P * Q * Kgp, Kgp, kcount,
+            kern.gwk_f32(&gy[n0, g * Kg + blk * kb, 0], K * P * Q, P * Q, kcount,
                          &xpk[n0, g * Cg, 0, 0], x_nstride, chan_stride, &tap_off[0], RS,
                          col0, count, bounds[i + 1] - n0, P, Q, Wph, chunk_rows, work,
                          &gw[i, g * Kg + blk * kb, 0, 0], Cg * RS)
         else:
-            kern.gwk_f64(&gyt[g, n0, 0, blk * kb], P * Q * Kgp, Kgp, kcount,
+            kern.gwk_f64(&gy[n0, g * Kg + blk * kb, 0], K * P * Q, P * Q, kcount,
                          &xpk[n0, g * Cg, 0, 0], x_nstride, chan_stride, &tap_off[0], RS,
                          col0, count, bounds[i + 1] - n0, P, Q, Wph, chunk_rows, work,
                          &gw[i, g * Kg + blk * kb, 0, 0], Cg * RS)

@@ -217,18 +217,20 @@
 
 /* Channel-vector grad_weight: a block of VL*KV output channels lies in the
  * vector lanes, so no lane reduction is needed and every output position is
- * enumerated exactly (no grid column wasted). grad_output comes transposed,
- * gyt[n][p*Q + q][k], and input values are broadcast:
+ * enumerated exactly (no grid column wasted); input values are broadcast:
  *
- *   gw[k][col] = sum_n sum_(p,q) gyt[n][p*Q + q][k] * x[n][c(col)][off(t(col)) + p*Wph + q]
+ *   gw[k][col] = sum_n sum_(p,q) gy[n][k][p*Q + q] * x[n][c(col)][off(t(col)) + p*Wph + q]
  *
  * for the columns col = c*RS + t in [col0, col0 + ncols), TB at a time.
- * Positions are visited in chunks of chunk_rows output rows so that a chunk
- * of gyt stays in L1 while every column block of the task passes over it;
- * the accumulators of all blocks live in scratch between chunks. Each lane
- * sums over n, then p, then q, in order, whatever the ISA or thread count. */
+ * Positions are visited in chunks of chunk_rows output rows: each chunk of
+ * grad_output is first transposed into scratch as [position][channel]
+ * (channels >= kcount zero), where it stays in L1 while every column block
+ * of the task passes over it; the accumulators of all blocks live in
+ * scratch between chunks. Each lane sums over n, then p, then q, in order,
+ * whatever the ISA or thread count. scratch holds
+ * ceil(ncols/TB)*TB*KBW + chunk_rows*Q*KBW elements. */
 #define CK_DEFINE_GRAD_WEIGHT_KVEC(NAME, T, VBYTES, KV, TB, ATTR)                       \
-    ATTR static void NAME(const T *gyt, int64_t gy_nstride, int64_t gy_pstride,         \
+    ATTR static void NAME(const T *gy, int64_t gy_nstride, int64_t gy_kstride,          \
                           int64_t kcount, const T *x, int64_t x_nstride,                \
                           int64_t chan_stride, const int64_t *tap_off, int64_t RS,      \
                           int64_t col0, int64_t ncols, int64_t N, int64_t P, int64_t Q, \
@@ -238,13 +240,23 @@
         typedef T V __attribute__((vector_size(VBYTES)));                               \
         enum { VL = VBYTES / sizeof(T), KBW = VL * KV };                                \
         int64_t nblk = (ncols + TB - 1) / TB;                                           \
-        int64_t n, p0, p1, p, q, b, i, v, l;                                            \
+        int64_t n, p0, p1, p, q, b, i, v, l, k, j, npos;                                \
+        T *gt = scratch + nblk * TB * KBW;                                              \
         memset(scratch, 0, (size_t)(nblk * TB * KBW) * sizeof(T));                      \
         for (n = 0; n < N; n++) {                                                       \
-            const T *gn = gyt + n * gy_nstride;                                         \
             const T *xn = x + n * x_nstride;                                            \
             for (p0 = 0; p0 < P; p0 = p1) {                                             \
                 p1 = p0 + chunk_rows < P ? p0 + chunk_rows : P;                         \
+                npos = (p1 - p0) * Q;                                                   \
+                for (k = 0; k < KBW; k++) {                                             \
+                    const T *src = gy + n * gy_nstride + k * gy_kstride + p0 * Q;       \
+                    if (k < kcount)                                                     \
+                        for (j = 0; j < npos; j++)                                      \
+                            gt[j * KBW + k] = src[j];                                   \
+                    else                                                                \
+                        for (j = 0; j < npos; j++)                                      \
+                            gt[j * KBW + k] = 0;                                        \
+                }                                                                       \
                 for (b = 0; b < nblk; b++) {                                            \
                     V acc[TB][KV];                                                      \
                     const T *xo[TB];                                                    \
@@ -257,12 +269,12 @@
                     }                                                                   \
                     memcpy(acc, slot, sizeof(acc));                                     \
                     for (p = p0; p < p1; p++) {                                         \
-                        const T *g = gn + p * Q * gy_pstride;                           \
+                        const T *g = gt + (p - p0) * Q * KBW;                           \
                         int64_t xrow = p * Wph;                                         \
                         for (q = 0; q < Q; q++) {                                       \
                             V gv[KV];                                                   \
                             for (v = 0; v < KV; v++)                                    \
-                                memcpy(&gv[v], g + q * gy_pstride + v * VL, sizeof(V)); \
+                                memcpy(&gv[v], g + q * KBW + v * VL, sizeof(V));        \
                             for (i = 0; i < TB; i++) {                                  \
                                 T xs = xo[i][xrow + q];                                 \
                                 for (v = 0; v < KV; v++)                                \
