@@ -198,32 +198,34 @@ def _channel_vector(g, itemsize, Wph):
 
 
 def _forward_direct(x, weight, bias, g, y, n_threads):
-    layout = _phase_layout(g)
+    Hph, Wph, plane_len, tap_off = layout = _phase_layout(g)
+    (sh, sw) = g.stride
     bias = np.zeros(g.K, x.dtype) if bias is None else contiguous(bias)
-    if g.C_per_group <= _LOCAL_PACK_CHANNELS:
-        # Narrow groups: each task packs its few channels into cache itself.
-        Hph, Wph, plane_len, tap_off = layout
-        kb = _conv.CHANNEL_BLOCK if g.K_per_group >= 4 else 1
-        gstride = g.P * Wph + _conv.PLANE_SLACK
-        (sh, sw) = g.stride
-        width = g.C_per_group * sh * sw * plane_len + kb * gstride
-        scratch = np.empty((n_threads, width), dtype=x.dtype)
-        _conv.forward_local(x, _pack_weight(weight, g, kb), tap_off, bias, y, scratch, sh, sw,
-                            g.padding[0][0], g.padding[1][0], Hph, Wph, plane_len, n_threads)
-        return
-    packed = _pack_input(x, g, layout, n_threads)
-    channel_vector = _channel_vector(g, x.itemsize, layout[1])
+    channel_vector = _channel_vector(g, x.itemsize, Wph)
     if channel_vector:
         kb = _conv.channel_vector_block(x.itemsize)
     else:
         kb = _conv.CHANNEL_BLOCK if g.K_per_group >= 4 else 1
     weight = _pack_weight(weight, g, kb)
-    gstride = g.P * layout[1] + _conv.PLANE_SLACK
-    scratch = np.empty((n_threads, 1 if channel_vector else kb * gstride), dtype=x.dtype)
+    gstride = g.P * Wph + _conv.PLANE_SLACK
+    grid = 1 if channel_vector else kb * gstride
     # Stride 1: plane rows [pt, pt + H) hold the input, the rest is padding.
     rows = g.H if g.stride == (1, 1) else -1
-    _conv.forward_packed(packed, weight, layout[3], bias, y, scratch, layout[1],
-                         channel_vector, g.S, g.dilation[0], g.padding[0][0], rows, n_threads)
+    narrow = g.C_per_group <= _LOCAL_PACK_CHANNELS
+    if narrow or g.N * g.groups >= 2 * n_threads:
+        # Each task packs its own channels, into cache: one block of output
+        # channels per task for narrow groups, every block of an (image,
+        # group) otherwise. The sums are the same either way.
+        scratch = np.empty((n_threads, g.C_per_group * sh * sw * plane_len + grid),
+                           dtype=x.dtype)
+        _conv.forward_local(x, weight, tap_off, bias, y, scratch, sh, sw, g.padding[0][0],
+                            g.padding[1][0], Hph, Wph, plane_len, not narrow, channel_vector,
+                            g.S, g.dilation[0], rows, n_threads)
+        return
+    packed = _pack_input(x, g, layout, n_threads)
+    scratch = np.empty((n_threads, grid), dtype=x.dtype)
+    _conv.forward_packed(packed, weight, tap_off, bias, y, scratch, Wph, channel_vector, g.S,
+                         g.dilation[0], g.padding[0][0], rows, n_threads)
 
 
 def _phase_taps(a, stride, dilation, pad, kernel):

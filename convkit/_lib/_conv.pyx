@@ -308,6 +308,32 @@ def pack_phases(const floating[:, :, :, ::1] x,  # IN  (N, C, H, W)
                       H, W, sh, sw, pt, pl, Hph, Wph, L)
 
 
+cdef inline void _forward_block(const floating *x, const floating *w, const int64_t *tap_off,
+                                int64_t Cg, int64_t RS, int64_t chan_stride, int64_t Wph,
+                                int64_t Q, int64_t P, floating *grid, int64_t gstride,
+                                floating *y, int64_t kcount, const floating *bias, int64_t kb,
+                                bint channel_vector, int64_t S, int64_t dh, int64_t row_lo,
+                                int64_t rows) noexcept nogil:
+    """One block of output channels of one image: the kernel kb and channel_vector select."""
+    cdef ck_kernels_t kern = ck_kernels
+    if floating is float:
+        if channel_vector:
+            kern.fwdk_f32(x, w, tap_off, Cg, RS, chan_stride, Wph, Q, P, grid, gstride, y,
+                          P * Q, kcount, bias, S, dh, row_lo, rows)
+        else:
+            (kern.fwd_f32 if kb == CK_KB else kern.fwd1_f32)(
+                x, w, tap_off, Cg, RS, chan_stride, Wph, Q, P, grid, gstride, y, P * Q,
+                kcount, bias)
+    else:
+        if channel_vector:
+            kern.fwdk_f64(x, w, tap_off, Cg, RS, chan_stride, Wph, Q, P, grid, gstride, y,
+                          P * Q, kcount, bias, S, dh, row_lo, rows)
+        else:
+            (kern.fwd_f64 if kb == CK_KB else kern.fwd1_f64)(
+                x, w, tap_off, Cg, RS, chan_stride, Wph, Q, P, grid, gstride, y, P * Q,
+                kcount, bias)
+
+
 def forward_local(const floating[:, :, :, ::1] x,           # IN  (N, C, H, W)
                   const floating[:, :, :, :, ::1] wpk,      # IN  (G, blocks, C/G, R*S, kb)
                   const int64_t[::1] tap_off,               # IN  (R*S,)
@@ -315,12 +341,17 @@ def forward_local(const floating[:, :, :, ::1] x,           # IN  (N, C, H, W)
                   floating[:, :, :, ::1] y,                 # OUT (N, K, P, Q)
                   floating[:, ::1] scratch,  # (n_threads, C/G*sh*sw*plane_len + kb*gstride)
                   int64_t sh, int64_t sw, int64_t pt, int64_t pl, int64_t Hph, int64_t Wph,
-                  int64_t plane_len, int n_threads):
-    """forward_packed for narrow groups, each task packing its own channels.
+                  int64_t plane_len, bint per_image, bint channel_vector, int64_t S,
+                  int64_t dh, int64_t rows, int n_threads):
+    """forward_packed with each task packing the input channels it reads itself.
 
-    Every (image, group, channel block) task packs the C/G input channels it
-    reads into its thread's scratch, where they stay in cache, instead of
-    reading a packed copy of the whole input from memory.
+    The C/G channels of a group of one image are packed into the thread's
+    scratch, where they stay in cache, instead of into a packed copy of the
+    whole input that the kernels then read back from memory. With
+    ``per_image`` a task packs once and runs every channel block of its
+    (image, group); otherwise each (image, group, block) task packs (for
+    narrow groups, where packing is cheap and the extra tasks balance the
+    threads). The sums are those of forward_packed, in the same order.
     """
     cdef int64_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef int64_t G = wpk.shape[0], blocks = wpk.shape[1], Cg = wpk.shape[2]
@@ -328,32 +359,27 @@ def forward_local(const floating[:, :, :, ::1] x,           # IN  (N, C, H, W)
     cdef int64_t K = y.shape[1], P = y.shape[2], Q = y.shape[3]
     cdef int64_t Kg = K // G, chan_stride = sh * sw * plane_len
     cdef int64_t gstride = (scratch.shape[1] - Cg * chan_stride) // kb
-    cdef int64_t task, n, g, blk, c, k0, kcount
+    cdef int64_t per_task = 1 if per_image else blocks
+    cdef int64_t task, n, g, blk, b0, b1, c, k0, kcount
     cdef floating *xs
-    cdef ck_kernels_t kern = ck_kernels
-    for task in prange(N * G * blocks, schedule="static", nogil=True,
+    for task in prange(N * G * per_task, schedule="static", nogil=True,
                        num_threads=n_threads):
-        n = task // (G * blocks)
-        g = (task // blocks) % G
-        blk = task % blocks
-        k0 = blk * kb
-        kcount = Kg - k0
-        if kcount > kb:
-            kcount = kb
+        n = task // (G * per_task)
+        g = (task // per_task) % G
+        b0 = 0 if per_image else task % per_task
+        b1 = blocks if per_image else b0 + 1
         xs = &scratch[omp_get_thread_num(), 0]
         for c in range(Cg):
             _pack_channel(&x[n, g * Cg + c, 0, 0], xs + c * chan_stride, H, W, sh, sw, pt, pl,
                           Hph, Wph, plane_len)
-        if floating is float:
-            (kern.fwd_f32 if kb == CK_KB else kern.fwd1_f32)(
-                xs, &wpk[g, blk, 0, 0, 0], &tap_off[0], Cg, RS, chan_stride, Wph, Q, P,
-                xs + Cg * chan_stride, gstride, &y[n, g * Kg + k0, 0, 0], P * Q, kcount,
-                &bias[g * Kg + k0])
-        else:
-            (kern.fwd_f64 if kb == CK_KB else kern.fwd1_f64)(
-                xs, &wpk[g, blk, 0, 0, 0], &tap_off[0], Cg, RS, chan_stride, Wph, Q, P,
-                xs + Cg * chan_stride, gstride, &y[n, g * Kg + k0, 0, 0], P * Q, kcount,
-                &bias[g * Kg + k0])
+        for blk in range(b0, b1):
+            k0 = blk * kb
+            kcount = Kg - k0
+            if kcount > kb:
+                kcount = kb
+            _forward_block(xs, &wpk[g, blk, 0, 0, 0], &tap_off[0], Cg, RS, chan_stride, Wph,
+                           Q, P, xs + Cg * chan_stride, gstride, &y[n, g * Kg + k0, 0, 0],
+                           kcount, &bias[g * Kg + k0], kb, channel_vector, S, dh, pt, rows)
 
 
 def forward_packed(const floating[:, :, :, ::1] xpk,      # IN  (N, C, phases, plane_len)
