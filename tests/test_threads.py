@@ -173,6 +173,25 @@ def test_results_bitwise_identical_for_1_2_4_threads(method, dtype):
 
 
 @needs_openmp
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_direct_packing_layout_does_not_change_results(dtype):
+    """3 images: 1 thread packs per image task, 2 and 4 threads pack the whole input first."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3, 40, 9, 11)).astype(dtype)
+    weight = rng.standard_normal((36, 40, 3, 3)).astype(dtype)
+    grad_output = rng.standard_normal((3, 36, 9, 11)).astype(dtype)
+    results = []
+    for n in (1, 2, 4):
+        with convkit.num_threads(n):
+            y = convkit.conv2d(x, weight, padding=1, method="direct")
+            grads = convkit.conv2d_backward(grad_output, x, weight, padding=1, method="direct")
+        results.append((y,) + grads)
+    for threaded in results[1:]:
+        for got, want in zip(threaded, results[0]):
+            np.testing.assert_array_equal(got, want)
+
+
+@needs_openmp
 def test_im2col_col2im_threaded_equal_serial():
     result = _run_python("""
         import numpy as np, convkit
