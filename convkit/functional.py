@@ -307,8 +307,8 @@ def _grad_weight_channel_vector(grad_output, x, g, n_threads):
     partial sums are added in order, so the result never depends on the
     thread count.
     """
-    layout = _phase_layout(g)
-    packed = _pack_input(x, g, layout, n_threads)
+    Hph, Wph, plane_len, tap_off = _phase_layout(g)
+    (sh, sw) = g.stride
     G, Kg, N = g.groups, g.K_per_group, g.N
     kb = _conv.grad_weight_channel_block(x.itemsize)
     blocks = -(-Kg // kb)
@@ -323,12 +323,26 @@ def _grad_weight_channel_vector(grad_output, x, g, n_threads):
     # Output rows per chunk: a chunk of grad_output, transposed, fills
     # about 32 KiB (L1) as the column blocks pass over it.
     chunk_rows = max(1, (32 * 1024 // (kb * x.itemsize)) // g.Q)
-    scratch = np.empty((n_threads, (cols_per_task + chunk_rows * g.Q) * kb), dtype=x.dtype)
+    # Per thread: the kernel's accumulators and transposed chunk, then (when
+    # tasks pack their own input) the channels a task's columns read, packed
+    # image by image. Each task packs again what the others of its image
+    # run pack, so beyond a couple of channel blocks the input is packed
+    # once, whole, instead.
+    per_task = G * blocks <= 2
+    channels = min(g.C_per_group, -(-cols_per_task // (g.R * g.S)) + 1)
+    width = (cols_per_task + chunk_rows * g.Q) * kb
+    if per_task:
+        width += channels * sh * sw * plane_len
+        packed = np.empty((1, 1, 1, 1), dtype=x.dtype)
+    else:
+        packed = _pack_input(x, g, (Hph, Wph, plane_len, tap_off), n_threads)
+    scratch = np.empty((n_threads, width), dtype=x.dtype)
     partial = np.empty((splits, g.K, g.C_per_group, g.R * g.S), dtype=x.dtype)
     bounds = np.linspace(0, N, splits + 1).astype(np.int64)
-    _conv.grad_weight_channel_vector(grad_output.reshape(N, g.K, g.P * g.Q), packed,
-                                     layout[3], bounds, partial, scratch, g.P, g.Q, layout[1],
-                                     cols_per_task, chunk_rows, n_threads)
+    _conv.grad_weight_channel_vector(grad_output.reshape(N, g.K, g.P * g.Q), x, packed,
+                                     tap_off, bounds, partial, scratch, g.P, g.Q, sh, sw,
+                                     g.padding[0][0], g.padding[1][0], Hph, Wph, plane_len,
+                                     cols_per_task, chunk_rows, per_task, n_threads)
     grad_weight = partial[0]
     for i in range(1, splits):
         grad_weight += partial[i]

@@ -228,21 +228,24 @@
  * of the task passes over it; the accumulators of all blocks live in
  * scratch between chunks. Each lane sums over n, then p, then q, in order,
  * whatever the ISA or thread count. scratch holds
- * ceil(ncols/TB)*TB*KBW + chunk_rows*Q*KBW elements. */
+ * ceil(ncols/TB)*TB*KBW + chunk_rows*Q*KBW elements. x points at channel
+ * c_base of image 0. A sum may be split over calls: `first` zeroes the
+ * accumulators, `last` writes gw, and calls in between carry on. */
 #define CK_DEFINE_GRAD_WEIGHT_KVEC(NAME, T, VBYTES, KV, TB, ATTR)                       \
     ATTR static void NAME(const T *gy, int64_t gy_nstride, int64_t gy_kstride,          \
                           int64_t kcount, const T *x, int64_t x_nstride,                \
                           int64_t chan_stride, const int64_t *tap_off, int64_t RS,      \
-                          int64_t col0, int64_t ncols, int64_t N, int64_t P, int64_t Q, \
-                          int64_t Wph, int64_t chunk_rows, T *scratch, T *gw,           \
-                          int64_t gw_kstride)                                           \
+                          int64_t col0, int64_t ncols, int64_t c_base, int64_t N,       \
+                          int64_t P, int64_t Q, int64_t Wph, int64_t chunk_rows,        \
+                          T *scratch, int first, int last, T *gw, int64_t gw_kstride)   \
     {                                                                                   \
         typedef T V __attribute__((vector_size(VBYTES)));                               \
         enum { VL = VBYTES / sizeof(T), KBW = VL * KV };                                \
         int64_t nblk = (ncols + TB - 1) / TB;                                           \
         int64_t n, p0, p1, p, q, b, i, v, l, k, j, npos;                                \
         T *gt = scratch + nblk * TB * KBW;                                              \
-        memset(scratch, 0, (size_t)(nblk * TB * KBW) * sizeof(T));                      \
+        if (first)                                                                      \
+            memset(scratch, 0, (size_t)(nblk * TB * KBW) * sizeof(T));                  \
         for (n = 0; n < N; n++) {                                                       \
             const T *xn = x + n * x_nstride;                                            \
             for (p0 = 0; p0 < P; p0 = p1) {                                             \
@@ -265,7 +268,7 @@
                         int64_t col = col0 + b * TB + i;                                \
                         if (col >= col0 + ncols)                                        \
                             col = col0;                                                 \
-                        xo[i] = xn + (col / RS) * chan_stride + tap_off[col % RS];      \
+                        xo[i] = xn + (col / RS - c_base) * chan_stride + tap_off[col % RS]; \
                     }                                                                   \
                     memcpy(acc, slot, sizeof(acc));                                     \
                     for (p = p0; p < p1; p++) {                                         \
@@ -286,6 +289,8 @@
                 }                                                                       \
             }                                                                           \
         }                                                                               \
+        if (!last)                                                                      \
+            return;                                                                     \
         for (i = 0; i < ncols; i++)                                                     \
             for (v = 0; v < KV; v++)                                                    \
                 for (l = 0; l < VL && v * VL + l < kcount; l++)                         \
@@ -361,11 +366,12 @@ typedef void (*ck_gw_f64_t)(const double *, int64_t, int64_t, int64_t, const dou
 
 typedef void (*ck_gwk_f32_t)(const float *, int64_t, int64_t, int64_t, const float *, int64_t,
                              int64_t, const int64_t *, int64_t, int64_t, int64_t, int64_t,
-                             int64_t, int64_t, int64_t, int64_t, float *, float *, int64_t);
+                             int64_t, int64_t, int64_t, int64_t, int64_t, float *, int, int,
+                             float *, int64_t);
 typedef void (*ck_gwk_f64_t)(const double *, int64_t, int64_t, int64_t, const double *,
                              int64_t, int64_t, const int64_t *, int64_t, int64_t, int64_t,
-                             int64_t, int64_t, int64_t, int64_t, int64_t, double *, double *,
-                             int64_t);
+                             int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, double *,
+                             int, int, double *, int64_t);
 
 typedef struct {
     const char *isa;
