@@ -249,8 +249,8 @@ def _grad_input_direct(grad_output, weight, g, n_threads):
     grad_output through the taps r, s that divide exactly: a stride-1
     convolution of grad_output with those taps of the weight, flipped and
     with K and C/G swapped (a transposed convolution). Each phase runs the
-    forward direct kernel and is written to its rows and columns of
-    grad_input; stride 1 is the single phase (0, 0). No multiply touches the
+    forward direct kernel, which writes the phase's rows and columns of
+    grad_input in place; stride 1 is the single phase (0, 0). No multiply touches the
     zeros a strided transposed convolution would otherwise spread between
     grad_output's rows and columns.
     """
@@ -258,8 +258,12 @@ def _grad_input_direct(grad_output, weight, g, n_threads):
     G, Kg, Cg = g.groups, g.K_per_group, g.C_per_group
     flipped = weight.reshape(G, Kg, Cg, g.R, g.S).transpose(0, 2, 1, 3, 4)
     flipped = flipped.reshape(g.C, Kg, g.R, g.S)
-    single = (sh, sw) == (1, 1)
-    grad_input = (np.empty if single else np.zeros)(g.input_shape, dtype=grad_output.dtype)
+    phases = [(a, b) for a in range(min(sh, g.H)) for b in range(min(sw, g.W))]
+    every_phase_has_taps = all(
+        _phase_taps(a, sh, dh, g.padding[0][0], g.R)[0]
+        and _phase_taps(b, sw, dw, g.padding[1][0], g.S)[0] for a, b in phases)
+    grad_input = (np.empty if every_phase_has_taps else np.zeros)(g.input_shape,
+                                                                  dtype=grad_output.dtype)
     for a in range(min(sh, g.H)):
         rows, top, d_r = _phase_taps(a, sh, dh, g.padding[0][0], g.R)
         H_a = -(-(g.H - a) // sh)
@@ -274,12 +278,9 @@ def _grad_input_direct(grad_output, weight, g, n_threads):
             phase = ConvGeometry(g.N, g.K, g.P, g.Q, g.C, R_a, S_b, H_a, W_b, G, (1, 1),
                                  (d_r, d_s), pads)
             sub = np.ascontiguousarray(flipped[:, :, rows][:, :, :, cols])
-            if single:
-                _forward_direct(grad_output, sub, None, phase, grad_input, n_threads)
-            else:
-                part = np.empty(phase.output_shape, dtype=grad_output.dtype)
-                _forward_direct(grad_output, sub, None, phase, part, n_threads)
-                grad_input[:, :, a::sh, b::sw] = part
+            # The kernels write the phase's rows and columns in place.
+            _forward_direct(grad_output, sub, None, phase, grad_input[:, :, a::sh, b::sw],
+                            n_threads)
     return grad_input
 
 

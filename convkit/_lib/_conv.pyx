@@ -179,18 +179,20 @@ cdef extern from "_direct.h" nogil:
         CK_SLACK
     ctypedef void (*ck_fwd_f32_t)(const float *, const float *, const int64_t *, int64_t,
                                   int64_t, int64_t, int64_t, int64_t, int64_t, float *,
-                                  int64_t, float *, int64_t, int64_t, const float *)
+                                  int64_t, float *, int64_t, int64_t, int64_t, int64_t,
+                                  const float *)
     ctypedef void (*ck_fwd_f64_t)(const double *, const double *, const int64_t *, int64_t,
                                   int64_t, int64_t, int64_t, int64_t, int64_t, double *,
-                                  int64_t, double *, int64_t, int64_t, const double *)
+                                  int64_t, double *, int64_t, int64_t, int64_t, int64_t,
+                                  const double *)
     ctypedef void (*ck_fwdk_f32_t)(const float *, const float *, const int64_t *, int64_t,
                                    int64_t, int64_t, int64_t, int64_t, int64_t, float *,
-                                   int64_t, float *, int64_t, int64_t, const float *, int64_t,
-                                   int64_t, int64_t, int64_t)
+                                   int64_t, float *, int64_t, int64_t, int64_t, int64_t,
+                                   const float *, int64_t, int64_t, int64_t, int64_t)
     ctypedef void (*ck_fwdk_f64_t)(const double *, const double *, const int64_t *, int64_t,
                                    int64_t, int64_t, int64_t, int64_t, int64_t, double *,
-                                   int64_t, double *, int64_t, int64_t, const double *, int64_t,
-                                   int64_t, int64_t, int64_t)
+                                   int64_t, double *, int64_t, int64_t, int64_t, int64_t,
+                                   const double *, int64_t, int64_t, int64_t, int64_t)
     ctypedef void (*ck_gw_f32_t)(const float *, int64_t, int64_t, int64_t, const float *,
                                  int64_t, const int64_t *, int64_t, int64_t, int64_t,
                                  float *, int64_t)
@@ -311,26 +313,27 @@ def pack_phases(const floating[:, :, :, ::1] x,  # IN  (N, C, H, W)
 cdef inline void _forward_block(const floating *x, const floating *w, const int64_t *tap_off,
                                 int64_t Cg, int64_t RS, int64_t chan_stride, int64_t Wph,
                                 int64_t Q, int64_t P, floating *grid, int64_t gstride,
-                                floating *y, int64_t kcount, const floating *bias, int64_t kb,
+                                floating *y, int64_t ks, int64_t rs, int64_t cs,
+                                int64_t kcount, const floating *bias, int64_t kb,
                                 bint channel_vector, int64_t S, int64_t dh, int64_t row_lo,
                                 int64_t rows) noexcept nogil:
-    """One block of output channels of one image: the kernel kb and channel_vector select."""
+    """One block of output channels of one image, written at y[k*ks + p*rs + q*cs]."""
     cdef ck_kernels_t kern = ck_kernels
     if floating is float:
         if channel_vector:
             kern.fwdk_f32(x, w, tap_off, Cg, RS, chan_stride, Wph, Q, P, grid, gstride, y,
-                          P * Q, kcount, bias, S, dh, row_lo, rows)
+                          ks, rs, cs, kcount, bias, S, dh, row_lo, rows)
         else:
             (kern.fwd_f32 if kb == CK_KB else kern.fwd1_f32)(
-                x, w, tap_off, Cg, RS, chan_stride, Wph, Q, P, grid, gstride, y, P * Q,
+                x, w, tap_off, Cg, RS, chan_stride, Wph, Q, P, grid, gstride, y, ks, rs, cs,
                 kcount, bias)
     else:
         if channel_vector:
             kern.fwdk_f64(x, w, tap_off, Cg, RS, chan_stride, Wph, Q, P, grid, gstride, y,
-                          P * Q, kcount, bias, S, dh, row_lo, rows)
+                          ks, rs, cs, kcount, bias, S, dh, row_lo, rows)
         else:
             (kern.fwd_f64 if kb == CK_KB else kern.fwd1_f64)(
-                x, w, tap_off, Cg, RS, chan_stride, Wph, Q, P, grid, gstride, y, P * Q,
+                x, w, tap_off, Cg, RS, chan_stride, Wph, Q, P, grid, gstride, y, ks, rs, cs,
                 kcount, bias)
 
 
@@ -338,7 +341,7 @@ def forward_local(const floating[:, :, :, ::1] x,           # IN  (N, C, H, W)
                   const floating[:, :, :, :, ::1] wpk,      # IN  (G, blocks, C/G, R*S, kb)
                   const int64_t[::1] tap_off,               # IN  (R*S,)
                   const floating[::1] bias,                 # IN  (K,)
-                  floating[:, :, :, ::1] y,                 # OUT (N, K, P, Q)
+                  floating[:, :, :, :] y,                   # OUT (N, K, P, Q), any strides
                   floating[:, ::1] scratch,  # (n_threads, C/G*sh*sw*plane_len + kb*gstride)
                   int64_t sh, int64_t sw, int64_t pt, int64_t pl, int64_t Hph, int64_t Wph,
                   int64_t plane_len, bint per_image, bint channel_vector, int64_t S,
@@ -360,6 +363,8 @@ def forward_local(const floating[:, :, :, ::1] x,           # IN  (N, C, H, W)
     cdef int64_t Kg = K // G, chan_stride = sh * sw * plane_len
     cdef int64_t gstride = (scratch.shape[1] - Cg * chan_stride) // kb
     cdef int64_t per_task = 1 if per_image else blocks
+    cdef int64_t ks = y.strides[1] // sizeof(floating), rs = y.strides[2] // sizeof(floating)
+    cdef int64_t cs = y.strides[3] // sizeof(floating)
     cdef int64_t task, n, g, blk, b0, b1, c, k0, kcount
     cdef floating *xs
     for task in prange(N * G * per_task, schedule="static", nogil=True,
@@ -379,14 +384,15 @@ def forward_local(const floating[:, :, :, ::1] x,           # IN  (N, C, H, W)
                 kcount = kb
             _forward_block(xs, &wpk[g, blk, 0, 0, 0], &tap_off[0], Cg, RS, chan_stride, Wph,
                            Q, P, xs + Cg * chan_stride, gstride, &y[n, g * Kg + k0, 0, 0],
-                           kcount, &bias[g * Kg + k0], kb, channel_vector, S, dh, pt, rows)
+                           ks, rs, cs, kcount, &bias[g * Kg + k0], kb, channel_vector, S, dh,
+                           pt, rows)
 
 
 def forward_packed(const floating[:, :, :, ::1] xpk,      # IN  (N, C, phases, plane_len)
                    const floating[:, :, :, :, ::1] wpk,   # IN  (G, blocks, C/G, R*S, kb)
                    const int64_t[::1] tap_off,            # IN  (R*S,)
                    const floating[::1] bias,              # IN  (K,)
-                   floating[:, :, :, ::1] y,              # OUT (N, K, P, Q)
+                   floating[:, :, :, :] y,                # OUT (N, K, P, Q), any strides
                    floating[:, ::1] scratch,              # (n_threads, kb * gstride)
                    int64_t Wph, bint channel_vector, int64_t S, int64_t dh, int64_t row_lo,
                    int64_t rows, int n_threads):
@@ -404,10 +410,10 @@ def forward_packed(const floating[:, :, :, ::1] xpk,      # IN  (N, C, phases, p
     cdef int64_t G = wpk.shape[0], blocks = wpk.shape[1], Cg = wpk.shape[2]
     cdef int64_t RS = wpk.shape[3], kb = wpk.shape[4]
     cdef int64_t K = y.shape[1], P = y.shape[2], Q = y.shape[3]
+    cdef int64_t ks = y.strides[1] // sizeof(floating), rs = y.strides[2] // sizeof(floating)
+    cdef int64_t cs = y.strides[3] // sizeof(floating)
     cdef int64_t Kg = K // G, gstride = scratch.shape[1] // kb
     cdef int64_t task, n, g, blk, k0, kcount
-    cdef floating *grid
-    cdef ck_kernels_t kern = ck_kernels
     for task in prange(N * G * blocks, schedule="static", nogil=True,
                        num_threads=n_threads):
         n = task // (G * blocks)
@@ -417,29 +423,10 @@ def forward_packed(const floating[:, :, :, ::1] xpk,      # IN  (N, C, phases, p
         kcount = Kg - k0
         if kcount > kb:
             kcount = kb
-        grid = &scratch[omp_get_thread_num(), 0]
-        if floating is float:
-            if channel_vector:
-                kern.fwdk_f32(
-                    &xpk[n, g * Cg, 0, 0], &wpk[g, blk, 0, 0, 0], &tap_off[0], Cg, RS,
-                    chan_stride, Wph, Q, P, grid, gstride, &y[n, g * Kg + k0, 0, 0], P * Q,
-                    kcount, &bias[g * Kg + k0], S, dh, row_lo, rows)
-            else:
-                (kern.fwd_f32 if kb == CK_KB else kern.fwd1_f32)(
-                    &xpk[n, g * Cg, 0, 0], &wpk[g, blk, 0, 0, 0], &tap_off[0], Cg, RS,
-                    chan_stride, Wph, Q, P, grid, gstride, &y[n, g * Kg + k0, 0, 0], P * Q,
-                    kcount, &bias[g * Kg + k0])
-        else:
-            if channel_vector:
-                kern.fwdk_f64(
-                    &xpk[n, g * Cg, 0, 0], &wpk[g, blk, 0, 0, 0], &tap_off[0], Cg, RS,
-                    chan_stride, Wph, Q, P, grid, gstride, &y[n, g * Kg + k0, 0, 0], P * Q,
-                    kcount, &bias[g * Kg + k0], S, dh, row_lo, rows)
-            else:
-                (kern.fwd_f64 if kb == CK_KB else kern.fwd1_f64)(
-                    &xpk[n, g * Cg, 0, 0], &wpk[g, blk, 0, 0, 0], &tap_off[0], Cg, RS,
-                    chan_stride, Wph, Q, P, grid, gstride, &y[n, g * Kg + k0, 0, 0], P * Q,
-                    kcount, &bias[g * Kg + k0])
+        _forward_block(&xpk[n, g * Cg, 0, 0], &wpk[g, blk, 0, 0, 0], &tap_off[0], Cg, RS,
+                       chan_stride, Wph, Q, P, &scratch[omp_get_thread_num(), 0], gstride,
+                       &y[n, g * Kg + k0, 0, 0], ks, rs, cs, kcount, &bias[g * Kg + k0], kb,
+                       channel_vector, S, dh, row_lo, rows)
 
 
 def grad_weight_packed(const floating[:, :, ::1] gy_grid,   # IN  (N, K, P*Wph) zero at q >= Q

@@ -13,7 +13,10 @@
  *
  * The forward writes whole vectors into a per-thread grid buffer of KB rows
  * (gstride elements apart, gstride >= P*Wph + the widest chunk) and then
- * copies the Q valid columns of every row out, adding the bias.
+ * copies the Q valid columns of every row out, adding the bias. Output
+ * channel k, position (p, q) goes to out[k*out_kstride + p*out_rstride +
+ * q*out_cstride], so a strided view (one stride phase of grad_input) can be
+ * written in place.
  *
  * Each kernel holds a block of output channels times a few vectors of grid
  * positions in registers. Variants for AVX-512, AVX2+FMA and the baseline
@@ -46,7 +49,8 @@
     ATTR static void NAME(const T *x, const T *w, const int64_t *tap_off,              \
                           int64_t Cg, int64_t RS, int64_t chan_stride,                 \
                           int64_t Wph, int64_t Q, int64_t P, T *grid, int64_t gstride, \
-                          T *out, int64_t out_kstride, int64_t kcount,                 \
+                          T *out, int64_t out_kstride, int64_t out_rstride,            \
+                          int64_t out_cstride, int64_t kcount,                         \
                           const T *bias)                                               \
     {                                                                                  \
         typedef T V __attribute__((vector_size(VBYTES)));                              \
@@ -77,9 +81,13 @@
         for (kb = 0; kb < kcount; kb++)                                                \
             for (p = 0; p < P; p++) {                                                  \
                 const T *src = grid + kb * gstride + p * Wph;                          \
-                T *dst = out + kb * out_kstride + p * Q;                               \
-                for (q = 0; q < Q; q++)                                                \
-                    dst[q] = src[q] + bias[kb];                                        \
+                T *dst = out + kb * out_kstride + p * out_rstride;                     \
+                if (out_cstride == 1)                                                  \
+                    for (q = 0; q < Q; q++)                                            \
+                        dst[q] = src[q] + bias[kb];                                    \
+                else                                                                   \
+                    for (q = 0; q < Q; q++)                                            \
+                        dst[q * out_cstride] = src[q] + bias[kb];                      \
             }                                                                          \
     }
 
@@ -97,7 +105,8 @@
     ATTR static void NAME(const T *x, const T *w, const int64_t *tap_off,              \
                           int64_t Cg, int64_t RS, int64_t chan_stride,                 \
                           int64_t Wph, int64_t Q, int64_t P, T *grid, int64_t gstride, \
-                          T *out, int64_t out_kstride, int64_t kcount,                 \
+                          T *out, int64_t out_kstride, int64_t out_rstride,            \
+                          int64_t out_cstride, int64_t kcount,                         \
                           const T *bias, int64_t S, int64_t dh, int64_t row_lo,        \
                           int64_t rows)                                                \
     {                                                                                  \
@@ -143,14 +152,15 @@
                     }                                                                  \
                 }                                                                      \
             }                                                                          \
-            for (i = 0; i < count; i++)                                                \
+            for (i = 0; i < count; i++) {                                              \
+                T *o = out + ((j0 + i) / Q) * out_rstride + ((j0 + i) % Q) * out_cstride;  \
                 for (v = 0; v < KV; v++) {                                             \
                     T lanes[VL];                                                       \
                     memcpy(lanes, &acc[i][v], sizeof(lanes));                          \
                     for (l = 0; l < VL && v * VL + l < kcount; l++)                    \
-                        out[(v * VL + l) * out_kstride + j0 + i] =                     \
-                            lanes[l] + bias[v * VL + l];                               \
+                        o[(v * VL + l) * out_kstride] = lanes[l] + bias[v * VL + l];   \
                 }                                                                      \
+            }                                                                          \
         }                                                                              \
     }
 
@@ -346,18 +356,18 @@ CK_DEFINE_GRAD_WEIGHT_KVEC(ck_gwk_f64_avx512, double, 64, 2, 12, CK_AVX512)
 
 typedef void (*ck_fwd_f32_t)(const float *, const float *, const int64_t *, int64_t, int64_t,
                              int64_t, int64_t, int64_t, int64_t, float *, int64_t, float *,
-                             int64_t, int64_t, const float *);
+                             int64_t, int64_t, int64_t, int64_t, const float *);
 typedef void (*ck_fwd_f64_t)(const double *, const double *, const int64_t *, int64_t,
                              int64_t, int64_t, int64_t, int64_t, int64_t, double *, int64_t,
-                             double *, int64_t, int64_t, const double *);
+                             double *, int64_t, int64_t, int64_t, int64_t, const double *);
 typedef void (*ck_fwdk_f32_t)(const float *, const float *, const int64_t *, int64_t, int64_t,
                               int64_t, int64_t, int64_t, int64_t, float *, int64_t, float *,
-                              int64_t, int64_t, const float *, int64_t, int64_t, int64_t,
-                              int64_t);
+                              int64_t, int64_t, int64_t, int64_t, const float *, int64_t,
+                              int64_t, int64_t, int64_t);
 typedef void (*ck_fwdk_f64_t)(const double *, const double *, const int64_t *, int64_t,
                               int64_t, int64_t, int64_t, int64_t, int64_t, double *, int64_t,
-                              double *, int64_t, int64_t, const double *, int64_t, int64_t,
-                              int64_t, int64_t);
+                              double *, int64_t, int64_t, int64_t, int64_t, const double *,
+                              int64_t, int64_t, int64_t, int64_t);
 typedef void (*ck_gw_f32_t)(const float *, int64_t, int64_t, int64_t, const float *, int64_t,
                             const int64_t *, int64_t, int64_t, int64_t, float *, int64_t);
 typedef void (*ck_gw_f64_t)(const double *, int64_t, int64_t, int64_t, const double *,
