@@ -258,20 +258,18 @@ def _grad_input_direct(grad_output, weight, g, n_threads):
     G, Kg, Cg = g.groups, g.K_per_group, g.C_per_group
     flipped = weight.reshape(G, Kg, Cg, g.R, g.S).transpose(0, 2, 1, 3, 4)
     flipped = flipped.reshape(g.C, Kg, g.R, g.S)
-    phases = [(a, b) for a in range(min(sh, g.H)) for b in range(min(sw, g.W))]
-    every_phase_has_taps = all(
-        _phase_taps(a, sh, dh, g.padding[0][0], g.R)[0]
-        and _phase_taps(b, sw, dw, g.padding[1][0], g.S)[0] for a, b in phases)
+    row_phases = [_phase_taps(a, sh, dh, g.padding[0][0], g.R) for a in range(min(sh, g.H))]
+    col_phases = [_phase_taps(b, sw, dw, g.padding[1][0], g.S) for b in range(min(sw, g.W))]
+    # A phase no tap reaches keeps a zero gradient; every other one is written whole.
+    every_phase_has_taps = all(taps for taps, _, _ in row_phases + col_phases)
     grad_input = (np.empty if every_phase_has_taps else np.zeros)(g.input_shape,
                                                                   dtype=grad_output.dtype)
-    for a in range(min(sh, g.H)):
-        rows, top, d_r = _phase_taps(a, sh, dh, g.padding[0][0], g.R)
+    for a, (rows, top, d_r) in enumerate(row_phases):
         H_a = -(-(g.H - a) // sh)
-        for b in range(min(sw, g.W)):
-            cols, left, d_s = _phase_taps(b, sw, dw, g.padding[1][0], g.S)
+        for b, (cols, left, d_s) in enumerate(col_phases):
             W_b = -(-(g.W - b) // sw)
             if not rows or not cols:
-                continue  # no tap reaches this phase: its gradient is zero
+                continue
             R_a, S_b = len(rows), len(cols)
             pads = ((-top, H_a - g.P + top + d_r * (R_a - 1)),
                     (-left, W_b - g.Q + left + d_s * (S_b - 1)))

@@ -466,6 +466,25 @@ def grad_weight_packed(const floating[:, :, ::1] gy_grid,   # IN  (N, K, P*Wph) 
                         &gw[k0, c, 0], Cg * RS)
 
 
+cdef inline void _grad_weight_columns(const floating *gy, int64_t gy_nstride,
+                                      int64_t gy_kstride, int64_t kcount, const floating *x,
+                                      int64_t x_nstride, int64_t chan_stride,
+                                      const int64_t *tap_off, int64_t RS, int64_t col0,
+                                      int64_t ncols, int64_t c_base, int64_t N, int64_t P,
+                                      int64_t Q, int64_t Wph, int64_t chunk_rows,
+                                      floating *work, int first, int last, floating *gw,
+                                      int64_t gw_kstride) noexcept nogil:
+    """The channel-vector grad_weight kernel of this dtype (see _direct.h)."""
+    if floating is float:
+        ck_kernels.gwk_f32(gy, gy_nstride, gy_kstride, kcount, x, x_nstride, chan_stride,
+                           tap_off, RS, col0, ncols, c_base, N, P, Q, Wph, chunk_rows, work,
+                           first, last, gw, gw_kstride)
+    else:
+        ck_kernels.gwk_f64(gy, gy_nstride, gy_kstride, kcount, x, x_nstride, chan_stride,
+                           tap_off, RS, col0, ncols, c_base, N, P, Q, Wph, chunk_rows, work,
+                           first, last, gw, gw_kstride)
+
+
 def grad_weight_channel_vector(const floating[:, :, ::1] gy,     # IN  (N, K, P*Q)
                                const floating[:, :, :, ::1] x,    # IN  (N, C, H, W)
                                const floating[:, :, :, ::1] xpk,  # IN  packed x, or (1,1,1,1)
@@ -503,7 +522,6 @@ def grad_weight_channel_vector(const floating[:, :, ::1] gy,     # IN  (N, K, P*
     cdef int64_t task, i, n, n0, n1, g, blk, run, col0, count, kcount, c, c0, c1
     cdef floating *work
     cdef floating *xs
-    cdef ck_kernels_t kern = ck_kernels
     for task in prange(splits * per_split, schedule="static", nogil=True,
                        num_threads=n_threads):
         i = task // per_split
@@ -523,32 +541,21 @@ def grad_weight_channel_vector(const floating[:, :, ::1] gy,     # IN  (N, K, P*
         c1 = (col0 + count - 1) // RS + 1
         work = &scratch[omp_get_thread_num(), 0]
         if not per_task:
-            if floating is float:
-                kern.gwk_f32(&gy[n0, g * Kg + blk * kb, 0], K * P * Q, P * Q, kcount,
-                             &xpk[n0, g * Cg, 0, 0], C * chan_stride, chan_stride,
-                             &tap_off[0], RS, col0, count, 0, n1 - n0, P, Q, Wph, chunk_rows,
-                             work, 1, 1, &gw[i, g * Kg + blk * kb, 0, 0], Cg * RS)
-            else:
-                kern.gwk_f64(&gy[n0, g * Kg + blk * kb, 0], K * P * Q, P * Q, kcount,
-                             &xpk[n0, g * Cg, 0, 0], C * chan_stride, chan_stride,
-                             &tap_off[0], RS, col0, count, 0, n1 - n0, P, Q, Wph, chunk_rows,
-                             work, 1, 1, &gw[i, g * Kg + blk * kb, 0, 0], Cg * RS)
+            _grad_weight_columns(&gy[n0, g * Kg + blk * kb, 0], K * P * Q, P * Q, kcount,
+                                 &xpk[n0, g * Cg, 0, 0], C * chan_stride, chan_stride,
+                                 &tap_off[0], RS, col0, count, 0, n1 - n0, P, Q, Wph,
+                                 chunk_rows, work, 1, 1, &gw[i, g * Kg + blk * kb, 0, 0],
+                                 Cg * RS)
             continue
         xs = work + kernel_scratch
         for n in range(n0, n1):
             for c in range(c0, c1):
                 _pack_channel(&x[n, g * Cg + c, 0, 0], xs + (c - c0) * chan_stride, H, W,
                               sh, sw, pt, pl, Hph, Wph, plane_len)
-            if floating is float:
-                kern.gwk_f32(&gy[n, g * Kg + blk * kb, 0], K * P * Q, P * Q, kcount, xs, 0,
-                             chan_stride, &tap_off[0], RS, col0, count, c0, 1, P, Q, Wph,
-                             chunk_rows, work, n == n0, n == n1 - 1,
-                             &gw[i, g * Kg + blk * kb, 0, 0], Cg * RS)
-            else:
-                kern.gwk_f64(&gy[n, g * Kg + blk * kb, 0], K * P * Q, P * Q, kcount, xs, 0,
-                             chan_stride, &tap_off[0], RS, col0, count, c0, 1, P, Q, Wph,
-                             chunk_rows, work, n == n0, n == n1 - 1,
-                             &gw[i, g * Kg + blk * kb, 0, 0], Cg * RS)
+            _grad_weight_columns(&gy[n, g * Kg + blk * kb, 0], K * P * Q, P * Q, kcount, xs, 0,
+                                 chan_stride, &tap_off[0], RS, col0, count, c0, 1, P, Q, Wph,
+                                 chunk_rows, work, n == n0, n == n1 - 1,
+                                 &gw[i, g * Kg + blk * kb, 0, 0], Cg * RS)
 
 
 def grad_weight_depthwise(const floating[:, :, :, ::1] gy,  # IN  (N, K, P, Q)
