@@ -38,6 +38,9 @@ _DEPTHWISE_SCRATCH = 256 * 1024
 # The channel-vector grad_weight splits the images when its channel and
 # column blocks make fewer tasks than this (a property of the shape only).
 _GW_MIN_TASKS = 8
+# Most bytes of column-shifted planes (see _shifted_layout) one forward task
+# packs into its thread's scratch.
+_SHIFTED_SCRATCH = 256 * 1024
 _workspace_limit = 256 * _MiB
 
 
@@ -166,6 +169,46 @@ def _phase_layout(g):
     return Hph, Wph, plane_len, np.ascontiguousarray(offsets.reshape(-1), dtype=np.int64)
 
 
+def _shifted_layout(g):
+    """Column-shifted planes: the exact-position alternative to _phase_layout.
+
+    Returns (Hph, Q, plane_len, tap_offsets): each input channel becomes S*sh
+    planes of Hph x Q (+ slack) elements, plane (s, a) holding
+    padded_x[i*sh + a, q*sw + s*dw]. Tap (r, s) reads its plane at a fixed
+    offset from output position p*Q + q, so the kernels compute exactly the
+    P*Q outputs, in the output's own order, and no grid column is wasted;
+    the price is S/sw times the packed elements of the phase layout.
+    """
+    (sh, sw), (dh, dw) = g.stride, g.dilation
+    Hph = g.P + ((g.R - 1) * dh) // sh
+    plane_len = (Hph + 1) * g.Q + _conv.PLANE_SLACK
+    r_shift, r_phase = np.divmod(np.arange(g.R) * dh, sh)
+    offsets = ((np.arange(g.S)[None, :] * sh + r_phase[:, None]) * plane_len
+               + r_shift[:, None] * g.Q)
+    return Hph, g.Q, plane_len, np.ascontiguousarray(offsets.reshape(-1), dtype=np.int64)
+
+
+def _use_shifted_layout(g, itemsize, y, kb):
+    """Whether the forward packs column-shifted planes (see _shifted_layout).
+
+    They spare the grid's wasted columns and the copy of every output from
+    the grid, at the price of packing S/sw times the elements. That pays
+    where a task's outputs (kb channels, or every channel of the group when
+    a task runs whole groups) outnumber the extra packed elements, and the
+    task's packed channels stay within _SHIFTED_SCRATCH bytes. Only a
+    C-contiguous output is written straight from registers.
+    """
+    Hph, Wph, _, _ = _phase_layout(g)
+    if Wph == g.Q or not y.flags.c_contiguous:
+        return False
+    sh, sw = g.stride
+    shifted_rows = g.P + ((g.R - 1) * g.dilation[0]) // sh + 1
+    packed = g.C_per_group * g.S * sh * shifted_rows * g.Q
+    extra = packed - g.C_per_group * sh * sw * (Hph + 1) * Wph
+    outputs = (kb if g.C_per_group <= _LOCAL_PACK_CHANNELS else g.K_per_group) * g.P * g.Q
+    return packed * itemsize <= _SHIFTED_SCRATCH and outputs >= extra
+
+
 def _pack_input(x, g, layout, n_threads):
     """(N, C, sh*sw, plane_len) stride-phase planes of the zero-padded input."""
     Hph, Wph, plane_len, _ = layout
@@ -206,21 +249,28 @@ def _forward_direct(x, weight, bias, g, y, n_threads):
         kb = _conv.channel_vector_block(x.itemsize)
     else:
         kb = _conv.CHANNEL_BLOCK if g.K_per_group >= 4 else 1
+    narrow = g.C_per_group <= _LOCAL_PACK_CHANNELS
+    local = narrow or g.N * g.groups >= 2 * n_threads
+    # Both layouts give the same sums in the same order, so the choice (and
+    # the packing, which depends on the thread count) never changes a bit.
+    shifted = local and not channel_vector and _use_shifted_layout(g, x.itemsize, y, kb)
+    if shifted:
+        Hph, Wph, plane_len, tap_off = _shifted_layout(g)
     weight = _pack_weight(weight, g, kb)
     gstride = g.P * Wph + _conv.PLANE_SLACK
     grid = 1 if channel_vector else kb * gstride
     # Stride 1: plane rows [pt, pt + H) hold the input, the rest is padding.
     rows = g.H if g.stride == (1, 1) else -1
-    narrow = g.C_per_group <= _LOCAL_PACK_CHANNELS
-    if narrow or g.N * g.groups >= 2 * n_threads:
+    if local:
         # Each task packs its own channels, into cache: one block of output
         # channels per task for narrow groups, every block of an (image,
         # group) otherwise. The sums are the same either way.
-        scratch = np.empty((n_threads, g.C_per_group * sh * sw * plane_len + grid),
+        planes = g.S * sh if shifted else sh * sw
+        scratch = np.empty((n_threads, g.C_per_group * planes * plane_len + grid),
                            dtype=x.dtype)
         _conv.forward_local(x, weight, tap_off, bias, y, scratch, sh, sw, g.padding[0][0],
                             g.padding[1][0], Hph, Wph, plane_len, not narrow, channel_vector,
-                            g.S, g.dilation[0], rows, n_threads)
+                            g.S, g.dilation[0], rows, shifted, g.dilation[1], n_threads)
         return
     packed = _pack_input(x, g, layout, n_threads)
     scratch = np.empty((n_threads, grid), dtype=x.dtype)

@@ -92,6 +92,44 @@ def test_forward_matches_reference(case, method, dtype):
     assert_close(y, expected, err_msg=case)
 
 
+# Forward cases that pack column-shifted planes (functional._shifted_layout):
+# stride, dilation and padding per axis, output counts that leave a partial
+# vector, K tails in the channel block, groups, and per-image tasks (C/G > 4).
+SHIFTED_CASES = {
+    "stride1_partial_vector": ((2, 1, 13, 11), (10, 1, 5, 3), True, {}),
+    "stride2_dilation2_pad": ((2, 3, 15, 14), (9, 3, 3, 3), True,
+                              dict(stride=2, dilation=(2, 1), padding=(1, 2))),
+    "stride_2x3": ((1, 2, 17, 19), (12, 2, 2, 5), False, dict(stride=(2, 3), padding=1)),
+    "groups2_K_tail": ((2, 4, 12, 10), (10, 2, 3, 3), True, dict(groups=2, padding=1)),
+    "dilation_1x2_wide_groups": ((4, 12, 10, 12), (40, 6, 2, 3), True,
+                                 dict(groups=2, dilation=(1, 2), padding=(0, 2))),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", SHIFTED_CASES)
+def test_shifted_layout_forward(case, dtype, monkeypatch):
+    """The column-shifted packing matches the reference and, bit for bit, the phase planes."""
+    from convkit import functional
+
+    x_shape, w_shape, has_bias, kwargs = SHIFTED_CASES[case]
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(x_shape).astype(dtype)
+    weight = rng.standard_normal(w_shape).astype(dtype)
+    bias = rng.standard_normal(w_shape[0]).astype(dtype) if has_bias else None
+    chosen = []
+    rule = functional._use_shifted_layout
+    monkeypatch.setattr(functional, "_use_shifted_layout",
+                        lambda *args: chosen.append(rule(*args)) or chosen[-1])
+    with convkit.num_threads(2):
+        y = convkit.conv2d(x, weight, bias, method="direct", **kwargs)
+        assert chosen == [True], case
+        assert_close(y, reference.conv2d(x, weight, bias, **kwargs), err_msg=case)
+        monkeypatch.setattr(functional, "_use_shifted_layout", lambda *args: False)
+        unshifted = convkit.conv2d(x, weight, bias, method="direct", **kwargs)
+    np.testing.assert_array_equal(y, unshifted)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("case", CASE_IDS)

@@ -14,7 +14,7 @@ so results do not depend on the thread count.
 
 from cython.parallel cimport prange
 from libc.stdint cimport int64_t
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 
 from convkit._lib._openmp cimport omp_get_thread_num
 
@@ -293,6 +293,42 @@ cdef inline void _pack_channel(const floating *xplane, floating *out, int64_t H,
             memset(plane + Hph * Wph, 0, (L - Hph * Wph) * sizeof(floating))
 
 
+cdef inline void _pack_shifted(const floating *xplane, floating *out, int64_t H, int64_t W,
+                               int64_t sh, int64_t sw, int64_t dw, int64_t S, int64_t pt,
+                               int64_t pl, int64_t Hph, int64_t Q, int64_t L) noexcept nogil:
+    """The S*sh column-shifted planes of one (H, W) channel, L elements apart.
+
+    plane (s, a) holds padded_x[i*sh + a, q*sw + s*dw] as a row-major Hph x Q
+    grid, zero outside the input and in the slack after it: tap (r, s) then
+    reads output position j = p*Q + q at a fixed offset, with no grid column
+    wasted (see _shifted_layout in functional.py).
+    """
+    cdef int64_t s, a, i, q, h, q_lo, q_hi, offset
+    cdef floating *plane
+    for s in range(S):
+        offset = s * dw - pl
+        q_lo = _first_column(Q, sw, offset)
+        q_hi = _max(_end_column(W, Q, sw, offset), q_lo)
+        for a in range(sh):
+            plane = out + (s * sh + a) * L
+            for i in range(Hph):
+                h = i * sh + a - pt
+                if h < 0 or h >= H:
+                    memset(plane + i * Q, 0, Q * sizeof(floating))
+                    continue
+                for q in range(q_lo):
+                    plane[i * Q + q] = 0
+                if sw == 1:
+                    memcpy(plane + i * Q + q_lo, xplane + h * W + q_lo + offset,
+                           (q_hi - q_lo) * sizeof(floating))
+                else:
+                    for q in range(q_lo, q_hi):
+                        plane[i * Q + q] = xplane[h * W + q * sw + offset]
+                for q in range(q_hi, Q):
+                    plane[i * Q + q] = 0
+            memset(plane + Hph * Q, 0, (L - Hph * Q) * sizeof(floating))
+
+
 def pack_phases(const floating[:, :, :, ::1] x,  # IN  (N, C, H, W)
                 floating[:, :, :, ::1] out,      # OUT (N, C, sh*sw, plane_len)
                 int64_t sh, int64_t sw, int64_t pt, int64_t pl,
@@ -345,7 +381,7 @@ def forward_local(const floating[:, :, :, ::1] x,           # IN  (N, C, H, W)
                   floating[:, ::1] scratch,  # (n_threads, C/G*sh*sw*plane_len + kb*gstride)
                   int64_t sh, int64_t sw, int64_t pt, int64_t pl, int64_t Hph, int64_t Wph,
                   int64_t plane_len, bint per_image, bint channel_vector, int64_t S,
-                  int64_t dh, int64_t rows, int n_threads):
+                  int64_t dh, int64_t rows, bint shifted, int64_t dw, int n_threads):
     """forward_packed with each task packing the input channels it reads itself.
 
     The C/G channels of a group of one image are packed into the thread's
@@ -355,12 +391,18 @@ def forward_local(const floating[:, :, :, ::1] x,           # IN  (N, C, H, W)
     (image, group); otherwise each (image, group, block) task packs (for
     narrow groups, where packing is cheap and the extra tasks balance the
     threads). The sums are those of forward_packed, in the same order.
+
+    With ``shifted`` the channels are packed as S*sh column-shifted planes of
+    Hph x Q (``Wph`` must then be Q) instead of sh*sw phase planes: no grid
+    column is computed in vain and a contiguous ``y`` is written straight
+    from the kernels' registers.
     """
     cdef int64_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef int64_t G = wpk.shape[0], blocks = wpk.shape[1], Cg = wpk.shape[2]
     cdef int64_t RS = wpk.shape[3], kb = wpk.shape[4]
     cdef int64_t K = y.shape[1], P = y.shape[2], Q = y.shape[3]
-    cdef int64_t Kg = K // G, chan_stride = sh * sw * plane_len
+    cdef int64_t Kg = K // G
+    cdef int64_t chan_stride = (S * sh if shifted else sh * sw) * plane_len
     cdef int64_t gstride = (scratch.shape[1] - Cg * chan_stride) // kb
     cdef int64_t per_task = 1 if per_image else blocks
     cdef int64_t ks = y.strides[1] // sizeof(floating), rs = y.strides[2] // sizeof(floating)
@@ -375,8 +417,12 @@ def forward_local(const floating[:, :, :, ::1] x,           # IN  (N, C, H, W)
         b1 = blocks if per_image else b0 + 1
         xs = &scratch[omp_get_thread_num(), 0]
         for c in range(Cg):
-            _pack_channel(&x[n, g * Cg + c, 0, 0], xs + c * chan_stride, H, W, sh, sw, pt, pl,
-                          Hph, Wph, plane_len)
+            if shifted:
+                _pack_shifted(&x[n, g * Cg + c, 0, 0], xs + c * chan_stride, H, W, sh, sw, dw,
+                              S, pt, pl, Hph, Wph, plane_len)
+            else:
+                _pack_channel(&x[n, g * Cg + c, 0, 0], xs + c * chan_stride, H, W, sh, sw,
+                              pt, pl, Hph, Wph, plane_len)
         for blk in range(b0, b1):
             k0 = blk * kb
             kcount = Kg - k0

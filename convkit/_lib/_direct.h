@@ -16,7 +16,10 @@
  * copies the Q valid columns of every row out, adding the bias. Output
  * channel k, position (p, q) goes to out[k*out_kstride + p*out_rstride +
  * q*out_cstride], so a strided view (one stride phase of grad_input) can be
- * written in place.
+ * written in place. When the grid has no spare column (Wph == Q, as in the
+ * column-shifted layout of functional._shifted_layout, where every input
+ * channel is packed as S*sh planes of Hph x Q) and the output is contiguous,
+ * the forward stores the outputs straight from its registers instead.
  *
  * Each kernel holds a block of output channels times a few vectors of grid
  * positions in registers. Variants for AVX-512, AVX2+FMA and the baseline
@@ -56,6 +59,9 @@
         typedef T V __attribute__((vector_size(VBYTES)));                              \
         enum { VL = VBYTES / sizeof(T), QW = VL * QB };                                \
         int64_t j0, c, t, kb, b, p, q, grid_len = P * Wph;                             \
+        /* Exact positions (Wph == Q) into a contiguous output: store from        \
+         * the registers, no grid. */                                             \
+        int direct = Wph == Q && out_cstride == 1 && out_rstride == Q;                 \
         for (j0 = 0; j0 < grid_len; j0 += QW) {                                        \
             V acc[KB][QB];                                                             \
             for (kb = 0; kb < KB; kb++)                                                \
@@ -75,10 +81,27 @@
                             acc[kb][b] += xv[b] * wt[kb];                              \
                 }                                                                      \
             }                                                                          \
-            for (kb = 0; kb < KB; kb++)                                                \
-                memcpy(grid + kb * gstride + j0, acc[kb], sizeof(acc[kb]));            \
+            if (direct)                                                                \
+                for (kb = 0; kb < kcount; kb++) {                                      \
+                    T *o = out + kb * out_kstride;                                     \
+                    for (b = 0; b < QB; b++) {                                         \
+                        int64_t j = j0 + b * VL;                                       \
+                        V r = acc[kb][b] + bias[kb];                                   \
+                        if (j + VL <= grid_len) {                                      \
+                            memcpy(o + j, &r, sizeof(V));                              \
+                        } else {                                                       \
+                            T lanes[VL];                                               \
+                            memcpy(lanes, &r, sizeof(lanes));                          \
+                            for (q = 0; j + q < grid_len; q++)                         \
+                                o[j + q] = lanes[q];                                   \
+                        }                                                              \
+                    }                                                                  \
+                }                                                                      \
+            else                                                                       \
+                for (kb = 0; kb < KB; kb++)                                            \
+                    memcpy(grid + kb * gstride + j0, acc[kb], sizeof(acc[kb]));        \
         }                                                                              \
-        for (kb = 0; kb < kcount; kb++)                                                \
+        for (kb = 0; kb < (direct ? 0 : kcount); kb++)                                 \
             for (p = 0; p < P; p++) {                                                  \
                 const T *src = grid + kb * gstride + p * Wph;                          \
                 T *dst = out + kb * out_kstride + p * out_rstride;                     \
