@@ -32,6 +32,9 @@ _MiB = 1 << 20
 # Convolutions with at most this many input channels per group pack their
 # input per task, into cache, rather than all at once.
 _LOCAL_PACK_CHANNELS = 4
+# Their tasks run whole (image, group)s, packing once for every block of
+# output channels, when that makes at least this many tasks per thread.
+_NARROW_TASKS_PER_THREAD = 4
 # Bytes of input and grad_output planes the depthwise grad_weight packs at a
 # time per thread (its sums run over that many images at once).
 _DEPTHWISE_SCRATCH = 256 * 1024
@@ -188,15 +191,14 @@ def _shifted_layout(g):
     return Hph, g.Q, plane_len, np.ascontiguousarray(offsets.reshape(-1), dtype=np.int64)
 
 
-def _use_shifted_layout(g, itemsize, y, kb):
+def _use_shifted_layout(g, itemsize, y, outputs):
     """Whether the forward packs column-shifted planes (see _shifted_layout).
 
     They spare the grid's wasted columns and the copy of every output from
     the grid, at the price of packing S/sw times the elements. That pays
-    where a task's outputs (kb channels, or every channel of the group when
-    a task runs whole groups) outnumber the extra packed elements, and the
-    task's packed channels stay within _SHIFTED_SCRATCH bytes. Only a
-    C-contiguous output is written straight from registers.
+    where the ``outputs`` one packing serves outnumber the extra packed
+    elements, and a task's packed channels stay within _SHIFTED_SCRATCH
+    bytes. Only a C-contiguous output is written straight from registers.
     """
     Hph, Wph, _, _ = _phase_layout(g)
     if Wph == g.Q or not y.flags.c_contiguous:
@@ -205,7 +207,6 @@ def _use_shifted_layout(g, itemsize, y, kb):
     shifted_rows = g.P + ((g.R - 1) * g.dilation[0]) // sh + 1
     packed = g.C_per_group * g.S * sh * shifted_rows * g.Q
     extra = packed - g.C_per_group * sh * sw * (Hph + 1) * Wph
-    outputs = (kb if g.C_per_group <= _LOCAL_PACK_CHANNELS else g.K_per_group) * g.P * g.Q
     return packed * itemsize <= _SHIFTED_SCRATCH and outputs >= extra
 
 
@@ -249,11 +250,18 @@ def _forward_direct(x, weight, bias, g, y, n_threads):
         kb = _conv.channel_vector_block(x.itemsize)
     else:
         kb = _conv.CHANNEL_BLOCK if g.K_per_group >= 4 else 1
+    # Tasks pack their own channels into cache: per (image, group), running
+    # every block of output channels, wherever that makes enough tasks; per
+    # block for narrow groups of few images, where packing is cheap and the
+    # extra tasks balance the threads. Otherwise the whole input is packed
+    # first. Every way gives the same sums in the same order, so the choice
+    # (which depends on the thread count) never changes a bit.
+    tasks = g.N * g.groups
     narrow = g.C_per_group <= _LOCAL_PACK_CHANNELS
-    local = narrow or g.N * g.groups >= 2 * n_threads
-    # Both layouts give the same sums in the same order, so the choice (and
-    # the packing, which depends on the thread count) never changes a bit.
-    shifted = local and not channel_vector and _use_shifted_layout(g, x.itemsize, y, kb)
+    per_image = tasks >= (2 if not narrow else _NARROW_TASKS_PER_THREAD) * n_threads
+    local = narrow or per_image
+    outputs = (g.K_per_group if per_image else kb) * g.P * g.Q
+    shifted = local and not channel_vector and _use_shifted_layout(g, x.itemsize, y, outputs)
     if shifted:
         Hph, Wph, plane_len, tap_off = _shifted_layout(g)
     weight = _pack_weight(weight, g, kb)
@@ -262,14 +270,11 @@ def _forward_direct(x, weight, bias, g, y, n_threads):
     # Stride 1: plane rows [pt, pt + H) hold the input, the rest is padding.
     rows = g.H if g.stride == (1, 1) else -1
     if local:
-        # Each task packs its own channels, into cache: one block of output
-        # channels per task for narrow groups, every block of an (image,
-        # group) otherwise. The sums are the same either way.
         planes = g.S * sh if shifted else sh * sw
         scratch = np.empty((n_threads, g.C_per_group * planes * plane_len + grid),
                            dtype=x.dtype)
         _conv.forward_local(x, weight, tap_off, bias, y, scratch, sh, sw, g.padding[0][0],
-                            g.padding[1][0], Hph, Wph, plane_len, not narrow, channel_vector,
+                            g.padding[1][0], Hph, Wph, plane_len, per_image, channel_vector,
                             g.S, g.dilation[0], rows, shifted, g.dilation[1], n_threads)
         return
     packed = _pack_input(x, g, layout, n_threads)

@@ -174,12 +174,20 @@ def test_results_bitwise_identical_for_1_2_4_threads(method, dtype):
 
 @needs_openmp
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_direct_packing_layout_does_not_change_results(dtype):
-    """3 images: 1 thread packs per image task, 2 and 4 threads pack the whole input first."""
+@pytest.mark.parametrize("shapes", [
+    # 1 thread packs per image task, 2 and 4 threads pack the whole input first.
+    ((3, 40, 9, 11), (36, 40, 3, 3)),
+    # 3 input channels: 1 and 2 threads pack per image, 4 threads per block of
+    # output channels.
+    ((9, 3, 10, 11), (20, 3, 3, 3)),
+], ids=["wide", "narrow"])
+def test_direct_packing_layout_does_not_change_results(dtype, shapes):
+    """The packing depends on the thread count; the results must not."""
     rng = np.random.default_rng(3)
-    x = rng.standard_normal((3, 40, 9, 11)).astype(dtype)
-    weight = rng.standard_normal((36, 40, 3, 3)).astype(dtype)
-    grad_output = rng.standard_normal((3, 36, 9, 11)).astype(dtype)
+    x_shape, w_shape = shapes
+    x = rng.standard_normal(x_shape).astype(dtype)
+    weight = rng.standard_normal(w_shape).astype(dtype)
+    grad_output = rng.standard_normal(x_shape[:1] + w_shape[:1] + x_shape[2:]).astype(dtype)
     results = []
     for n in (1, 2, 4):
         with convkit.num_threads(n):
