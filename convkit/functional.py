@@ -271,7 +271,7 @@ def _forward_direct(x, weight, bias, g, y, n_threads):
     rows = g.H if g.stride == (1, 1) else -1
     if local:
         planes = g.S * sh if shifted else sh * sw
-        scratch = np.empty((n_threads, g.C_per_group * planes * plane_len + grid),
+        scratch = np.zeros((n_threads, g.C_per_group * planes * plane_len + grid),
                            dtype=x.dtype)
         _conv.forward_local(x, weight, tap_off, bias, y, scratch, sh, sw, g.padding[0][0],
                             g.padding[1][0], Hph, Wph, plane_len, per_image, channel_vector,

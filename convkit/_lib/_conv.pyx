@@ -266,8 +266,12 @@ def kernel_isa():
 
 cdef inline void _pack_channel(const floating *xplane, floating *out, int64_t H, int64_t W,
                                int64_t sh, int64_t sw, int64_t pt, int64_t pl, int64_t Hph,
-                               int64_t Wph, int64_t L) noexcept nogil:
-    """The sh*sw phase planes of one (H, W) channel, L elements apart (see pack_phases)."""
+                               int64_t Wph, int64_t L, bint zeroed) noexcept nogil:
+    """The sh*sw phase planes of one (H, W) channel, L elements apart (see pack_phases).
+
+    With ``zeroed`` the planes' padding is already zero (a scratch packed
+    before with the same geometry) and only the input's elements are written.
+    """
     cdef int64_t a, b, i, j, h, j_lo, j_hi
     cdef floating *plane
     for a in range(sh):
@@ -278,30 +282,34 @@ cdef inline void _pack_channel(const floating *xplane, floating *out, int64_t H,
             for i in range(Hph):
                 h = i * sh + a - pt
                 if h < 0 or h >= H:
-                    memset(plane + i * Wph, 0, Wph * sizeof(floating))
+                    if not zeroed:
+                        memset(plane + i * Wph, 0, Wph * sizeof(floating))
                     continue
-                for j in range(j_lo):
-                    plane[i * Wph + j] = 0
+                if not zeroed:
+                    for j in range(j_lo):
+                        plane[i * Wph + j] = 0
+                    for j in range(j_hi, Wph):
+                        plane[i * Wph + j] = 0
                 if sw == 1:
-                    for j in range(j_lo, j_hi):
-                        plane[i * Wph + j] = xplane[h * W + j + b - pl]
+                    memcpy(plane + i * Wph + j_lo, xplane + h * W + j_lo + b - pl,
+                           (j_hi - j_lo) * sizeof(floating))
                 else:
                     for j in range(j_lo, j_hi):
                         plane[i * Wph + j] = xplane[h * W + j * sw + b - pl]
-                for j in range(j_hi, Wph):
-                    plane[i * Wph + j] = 0
-            memset(plane + Hph * Wph, 0, (L - Hph * Wph) * sizeof(floating))
+            if not zeroed:
+                memset(plane + Hph * Wph, 0, (L - Hph * Wph) * sizeof(floating))
 
 
 cdef inline void _pack_shifted(const floating *xplane, floating *out, int64_t H, int64_t W,
                                int64_t sh, int64_t sw, int64_t dw, int64_t S, int64_t pt,
-                               int64_t pl, int64_t Hph, int64_t Q, int64_t L) noexcept nogil:
+                               int64_t pl, int64_t Hph, int64_t Q, int64_t L,
+                               bint zeroed) noexcept nogil:
     """The S*sh column-shifted planes of one (H, W) channel, L elements apart.
 
     plane (s, a) holds padded_x[i*sh + a, q*sw + s*dw] as a row-major Hph x Q
     grid, zero outside the input and in the slack after it: tap (r, s) then
     reads output position j = p*Q + q at a fixed offset, with no grid column
-    wasted (see _shifted_layout in functional.py).
+    wasted (see _shifted_layout in functional.py). ``zeroed`` as in _pack_channel.
     """
     cdef int64_t s, a, i, q, h, q_lo, q_hi, offset
     cdef floating *plane
@@ -314,19 +322,22 @@ cdef inline void _pack_shifted(const floating *xplane, floating *out, int64_t H,
             for i in range(Hph):
                 h = i * sh + a - pt
                 if h < 0 or h >= H:
-                    memset(plane + i * Q, 0, Q * sizeof(floating))
+                    if not zeroed:
+                        memset(plane + i * Q, 0, Q * sizeof(floating))
                     continue
-                for q in range(q_lo):
-                    plane[i * Q + q] = 0
+                if not zeroed:
+                    for q in range(q_lo):
+                        plane[i * Q + q] = 0
+                    for q in range(q_hi, Q):
+                        plane[i * Q + q] = 0
                 if sw == 1:
                     memcpy(plane + i * Q + q_lo, xplane + h * W + q_lo + offset,
                            (q_hi - q_lo) * sizeof(floating))
                 else:
                     for q in range(q_lo, q_hi):
                         plane[i * Q + q] = xplane[h * W + q * sw + offset]
-                for q in range(q_hi, Q):
-                    plane[i * Q + q] = 0
-            memset(plane + Hph * Q, 0, (L - Hph * Q) * sizeof(floating))
+            if not zeroed:
+                memset(plane + Hph * Q, 0, (L - Hph * Q) * sizeof(floating))
 
 
 def pack_phases(const floating[:, :, :, ::1] x,  # IN  (N, C, H, W)
@@ -343,7 +354,7 @@ def pack_phases(const floating[:, :, :, ::1] x,  # IN  (N, C, H, W)
     cdef int64_t task
     for task in prange(N * C, schedule="static", nogil=True, num_threads=n_threads):
         _pack_channel(&x[task // C, task % C, 0, 0], &out[task // C, task % C, 0, 0],
-                      H, W, sh, sw, pt, pl, Hph, Wph, L)
+                      H, W, sh, sw, pt, pl, Hph, Wph, L, False)
 
 
 cdef inline void _forward_block(const floating *x, const floating *w, const int64_t *tap_off,
@@ -378,7 +389,7 @@ def forward_local(const floating[:, :, :, ::1] x,           # IN  (N, C, H, W)
                   const int64_t[::1] tap_off,               # IN  (R*S,)
                   const floating[::1] bias,                 # IN  (K,)
                   floating[:, :, :, :] y,                   # OUT (N, K, P, Q), any strides
-                  floating[:, ::1] scratch,  # (n_threads, C/G*sh*sw*plane_len + kb*gstride)
+                  floating[:, ::1] scratch,  # ZEROED (n_threads, C/G*planes*plane_len + grid)
                   int64_t sh, int64_t sw, int64_t pt, int64_t pl, int64_t Hph, int64_t Wph,
                   int64_t plane_len, bint per_image, bint channel_vector, int64_t S,
                   int64_t dh, int64_t rows, bint shifted, int64_t dw, int n_threads):
@@ -395,7 +406,9 @@ def forward_local(const floating[:, :, :, ::1] x,           # IN  (N, C, H, W)
     With ``shifted`` the channels are packed as S*sh column-shifted planes of
     Hph x Q (``Wph`` must then be Q) instead of sh*sw phase planes: no grid
     column is computed in vain and a contiguous ``y`` is written straight
-    from the kernels' registers.
+    from the kernels' registers. ``scratch`` must come zeroed: each thread's
+    tasks pack the same positions of it, so the padding stays zero and only
+    the input's elements are copied.
     """
     cdef int64_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef int64_t G = wpk.shape[0], blocks = wpk.shape[1], Cg = wpk.shape[2]
@@ -419,10 +432,10 @@ def forward_local(const floating[:, :, :, ::1] x,           # IN  (N, C, H, W)
         for c in range(Cg):
             if shifted:
                 _pack_shifted(&x[n, g * Cg + c, 0, 0], xs + c * chan_stride, H, W, sh, sw, dw,
-                              S, pt, pl, Hph, Wph, plane_len)
+                              S, pt, pl, Hph, Wph, plane_len, True)
             else:
                 _pack_channel(&x[n, g * Cg + c, 0, 0], xs + c * chan_stride, H, W, sh, sw,
-                              pt, pl, Hph, Wph, plane_len)
+                              pt, pl, Hph, Wph, plane_len, True)
         for blk in range(b0, b1):
             k0 = blk * kb
             kcount = Kg - k0
@@ -597,7 +610,7 @@ def grad_weight_channel_vector(const floating[:, :, ::1] gy,     # IN  (N, K, P*
         for n in range(n0, n1):
             for c in range(c0, c1):
                 _pack_channel(&x[n, g * Cg + c, 0, 0], xs + (c - c0) * chan_stride, H, W,
-                              sh, sw, pt, pl, Hph, Wph, plane_len)
+                              sh, sw, pt, pl, Hph, Wph, plane_len, False)
             _grad_weight_columns(&gy[n, g * Kg + blk * kb, 0], K * P * Q, P * Q, kcount, xs, 0,
                                  chan_stride, &tap_off[0], RS, col0, count, c0, 1, P, Q, Wph,
                                  chunk_rows, work, n == n0, n == n1 - 1,
@@ -637,7 +650,7 @@ def grad_weight_depthwise(const floating[:, :, :, ::1] gy,  # IN  (N, K, P, Q)
                 n1 = N
             for i in range(n1 - n0):
                 _pack_channel(&x[n0 + i, k // Kg, 0, 0], xs + i * chan_stride, H, W, sh, sw,
-                              pt, pl, Hph, Wph, plane_len)
+                              pt, pl, Hph, Wph, plane_len, False)
                 for p in range(P):
                     for q in range(Q):
                         grid[i * grid_len + p * Wph + q] = gy[n0 + i, k, p, q]
