@@ -6,6 +6,7 @@ copied to C order only when needed.
 """
 
 import contextlib
+import functools
 import math
 
 import numpy as np
@@ -153,6 +154,12 @@ def _check_sizes(op, g, itemsize, outputs, im2col_workspace=False):
     _limits.check_sizes(op, itemsize, buffers, _limits.conv_extents(g))
 
 
+def _read_only(array):
+    array.setflags(write=False)
+    return array
+
+
+@functools.lru_cache(maxsize=256)
 def _phase_layout(g):
     """Stride-phase planes of the direct kernels (see convkit/_lib/_direct.h).
 
@@ -169,9 +176,11 @@ def _phase_layout(g):
     s_phase, s_shift = np.divmod(np.arange(g.S) * dw, sw)[::-1]
     offsets = ((r_phase[:, None] * sw + s_phase[None, :]) * plane_len
                + r_shift[:, None] * Wph + s_shift[None, :])
-    return Hph, Wph, plane_len, np.ascontiguousarray(offsets.reshape(-1), dtype=np.int64)
+    return Hph, Wph, plane_len, _read_only(np.ascontiguousarray(offsets.reshape(-1),
+                                                                dtype=np.int64))
 
 
+@functools.lru_cache(maxsize=256)
 def _shifted_layout(g):
     """Column-shifted planes: the exact-position alternative to _phase_layout.
 
@@ -188,7 +197,8 @@ def _shifted_layout(g):
     r_shift, r_phase = np.divmod(np.arange(g.R) * dh, sh)
     offsets = ((np.arange(g.S)[None, :] * sh + r_phase[:, None]) * plane_len
                + r_shift[:, None] * g.Q)
-    return Hph, g.Q, plane_len, np.ascontiguousarray(offsets.reshape(-1), dtype=np.int64)
+    return Hph, g.Q, plane_len, _read_only(np.ascontiguousarray(offsets.reshape(-1),
+                                                                dtype=np.int64))
 
 
 def _use_shifted_layout(g, itemsize, y, outputs):
