@@ -257,7 +257,9 @@ def _forward_direct(x, weight, bias, g, y, n_threads):
     bias = np.zeros(g.K, x.dtype) if bias is None else contiguous(bias)
     channel_vector = _channel_vector(g, x.itemsize, Wph)
     if channel_vector:
-        kb = _conv.channel_vector_block(x.itemsize)
+        kb = _conv.channel_vector_block(x.itemsize, wide=True)
+        if g.K_per_group < kb:
+            kb = _conv.channel_vector_block(x.itemsize)
     else:
         kb = _conv.CHANNEL_BLOCK if g.K_per_group >= 4 else 1
     # Tasks pack their own channels into cache: per (image, group), running

@@ -49,6 +49,10 @@ CASES = {
     "C1_K8_stride2_auto_im2col": ((2, 1, 9, 8), (8, 1, 3, 3), True, dict(stride=2, padding=1)),
     "channel_vector_gw_9_images_stride2": ((9, 4, 11, 10), (24, 4, 3, 2), False,
                                            dict(stride=2, dilation=(1, 2), padding=1)),
+    # Channel-vector forward with its wide block and a K tail (K/G = 70).
+    "channel_vector_wide_K_tail": ((2, 8, 9, 8), (70, 8, 5, 4), True, dict(padding=(2, 1))),
+    "channel_vector_wide_stride2": ((3, 12, 11, 9), (66, 6, 5, 5), False,
+                                    dict(groups=2, stride=2, padding=1)),
 }
 CASE_IDS = list(CASES)
 

@@ -217,6 +217,10 @@ cdef extern from "_direct.h" nogil:
         ck_fwdk_f64_t fwdk_f64
         int kvec_f32
         int kvec_f64
+        ck_fwdk_f32_t fwdkw_f32
+        ck_fwdk_f64_t fwdkw_f64
+        int kvecw_f32
+        int kvecw_f64
         ck_gw_f32_t gw_f32
         ck_gw_f64_t gw_f64
         ck_gw_f32_t gw1_f32
@@ -244,8 +248,14 @@ CHANNEL_BLOCK = CK_KB
 PLANE_SLACK = CK_SLACK
 
 
-def channel_vector_block(itemsize):
-    """Output channels per block of the channel-vector forward kernel (by dtype size)."""
+def channel_vector_block(itemsize, wide=False):
+    """Output channels per block of the channel-vector forward kernel (by dtype size).
+
+    ``wide``: of its wide-block variant, which pays where K/G fills it (the
+    same block where the CPU's variant has none).
+    """
+    if wide:
+        return ck_kernels.kvecw_f32 if itemsize == 4 else ck_kernels.kvecw_f64
     return ck_kernels.kvec_f32 if itemsize == 4 else ck_kernels.kvec_f64
 
 
@@ -368,16 +378,18 @@ cdef inline void _forward_block(const floating *x, const floating *w, const int6
     cdef ck_kernels_t kern = ck_kernels
     if floating is float:
         if channel_vector:
-            kern.fwdk_f32(x, w, tap_off, Cg, RS, chan_stride, Wph, Q, P, grid, gstride, y,
-                          ks, rs, cs, kcount, bias, S, dh, row_lo, rows)
+            (kern.fwdkw_f32 if kb == kern.kvecw_f32 else kern.fwdk_f32)(
+                x, w, tap_off, Cg, RS, chan_stride, Wph, Q, P, grid, gstride, y, ks, rs, cs,
+                kcount, bias, S, dh, row_lo, rows)
         else:
             (kern.fwd_f32 if kb == CK_KB else kern.fwd1_f32)(
                 x, w, tap_off, Cg, RS, chan_stride, Wph, Q, P, grid, gstride, y, ks, rs, cs,
                 kcount, bias)
     else:
         if channel_vector:
-            kern.fwdk_f64(x, w, tap_off, Cg, RS, chan_stride, Wph, Q, P, grid, gstride, y,
-                          ks, rs, cs, kcount, bias, S, dh, row_lo, rows)
+            (kern.fwdkw_f64 if kb == kern.kvecw_f64 else kern.fwdk_f64)(
+                x, w, tap_off, Cg, RS, chan_stride, Wph, Q, P, grid, gstride, y, ks, rs, cs,
+                kcount, bias, S, dh, row_lo, rows)
         else:
             (kern.fwd_f64 if kb == CK_KB else kern.fwd1_f64)(
                 x, w, tap_off, Cg, RS, chan_stride, Wph, Q, P, grid, gstride, y, ks, rs, cs,

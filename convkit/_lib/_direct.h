@@ -369,6 +369,10 @@ CK_DEFINE_FORWARD(ck_fwd1_f32_avx512, float, 64, 1, 8, CK_AVX512)
 CK_DEFINE_FORWARD(ck_fwd1_f64_avx512, double, 64, 1, 8, CK_AVX512)
 CK_DEFINE_FORWARD_KVEC(ck_fwdk_f32_avx512, float, 64, 2, 8, CK_AVX512)
 CK_DEFINE_FORWARD_KVEC(ck_fwdk_f64_avx512, double, 64, 2, 8, CK_AVX512)
+/* Wide blocks (4 vectors of channels x 6 positions) load fewer values per
+ * multiply-add where K/G fills them. */
+CK_DEFINE_FORWARD_KVEC(ck_fwdkw_f32_avx512, float, 64, 4, 6, CK_AVX512)
+CK_DEFINE_FORWARD_KVEC(ck_fwdkw_f64_avx512, double, 64, 4, 6, CK_AVX512)
 CK_DEFINE_GRAD_WEIGHT(ck_gw_f32_avx512, float, 64, CK_GW_KB, 3, CK_AVX512)
 CK_DEFINE_GRAD_WEIGHT(ck_gw1_f32_avx512, float, 64, 1, 6, CK_AVX512)
 CK_DEFINE_GRAD_WEIGHT(ck_gw_f64_avx512, double, 64, CK_GW_KB, 3, CK_AVX512)
@@ -413,6 +417,9 @@ typedef struct {
     ck_fwd_f64_t fwd_f64, fwd1_f64;
     ck_fwdk_f64_t fwdk_f64;
     int kvec_f32, kvec_f64; /* output channels per block of fwdk_* */
+    ck_fwdk_f32_t fwdkw_f32; /* the same with wider blocks (or fwdk_* again) */
+    ck_fwdk_f64_t fwdkw_f64;
+    int kvecw_f32, kvecw_f64;
     ck_gw_f32_t gw_f32;
     ck_gw_f64_t gw_f64;
     ck_gw_f32_t gw1_f32; /* one output channel: depthwise */
@@ -424,7 +431,8 @@ typedef struct {
 
 static ck_kernels_t ck_kernels = {
     "baseline", ck_fwd_f32_base, ck_fwd1_f32_base, ck_fwdk_f32_base, ck_fwd_f64_base,
-    ck_fwd1_f64_base, ck_fwdk_f64_base, 16, 8, ck_gw_f32_base, ck_gw_f64_base,
+    ck_fwd1_f64_base, ck_fwdk_f64_base, 16, 8, ck_fwdk_f32_base, ck_fwdk_f64_base, 16, 8,
+    ck_gw_f32_base, ck_gw_f64_base,
     ck_gw1_f32_base, ck_gw1_f64_base, ck_gwk_f32_base, ck_gwk_f64_base, 8, 4, 6};
 
 /* Pick the widest variant this CPU runs; CONVKIT_ISA=avx2|baseline caps it. */
@@ -438,13 +446,15 @@ static void ck_select_kernels(const char *cap)
         __builtin_cpu_supports("fma")) {
         ck_kernels_t k = {"avx512f", ck_fwd_f32_avx512, ck_fwd1_f32_avx512,
                           ck_fwdk_f32_avx512, ck_fwd_f64_avx512, ck_fwd1_f64_avx512,
-                          ck_fwdk_f64_avx512, 32, 16, ck_gw_f32_avx512, ck_gw_f64_avx512,
+                          ck_fwdk_f64_avx512, 32, 16, ck_fwdkw_f32_avx512,
+                          ck_fwdkw_f64_avx512, 64, 32, ck_gw_f32_avx512, ck_gw_f64_avx512,
                           ck_gw1_f32_avx512, ck_gw1_f64_avx512, ck_gwk_f32_avx512,
                           ck_gwk_f64_avx512, 32, 16, 12};
         ck_kernels = k;
     } else if (allow2 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
         ck_kernels_t k = {"avx2", ck_fwd_f32_avx2, ck_fwd1_f32_avx2, ck_fwdk_f32_avx2,
                           ck_fwd_f64_avx2, ck_fwd1_f64_avx2, ck_fwdk_f64_avx2, 16, 8,
+                          ck_fwdk_f32_avx2, ck_fwdk_f64_avx2, 16, 8,
                           ck_gw_f32_avx2, ck_gw_f64_avx2, ck_gw1_f32_avx2,
                           ck_gw1_f64_avx2, ck_gwk_f32_avx2,
                           ck_gwk_f64_avx2, 16, 8, 6};
