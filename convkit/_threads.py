@@ -133,6 +133,9 @@ def blas_threads(n):
 # 457 us, 7.2 M 1656 vs 706 us; from about 26 M (a 1x1 conv's 0.51 vs 0.56 ms)
 # the second thread pays).
 BLAS_MIN_WORK_PER_THREAD = 1 << 22
+# Elements per thread below which a memory-bound scan (the finiteness check
+# of conv2d_backward) runs serially.
+SCAN_MIN_WORK_PER_THREAD = 1 << 17
 
 
 def blas_threads_for(work, n_threads=None):

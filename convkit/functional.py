@@ -116,8 +116,9 @@ def _blas_threads(g, n_threads):
 
 
 def _all_finite(array):
-    """No inf or NaN in ``array`` (one pass, no temporary; an overflowing sum says False)."""
-    return bool(np.isfinite(array.sum()))
+    """No inf or NaN in the C-contiguous ``array`` (one threaded pass, no temporary)."""
+    n_threads = _threads.threads_for(array.size, None, _threads.SCAN_MIN_WORK_PER_THREAD)
+    return _conv.all_finite(array.reshape(-1), n_threads)
 
 
 def _kernel_args(g):
@@ -625,15 +626,15 @@ def conv2d_backward(grad_output, x, weight, stride=1, padding=0, dilation=1, gro
     # The direct gradients also multiply zeros (grid columns thrown away,
     # padding) by real values: 0 * inf would turn into NaN what the exact
     # products keep finite. Non-finite operands take the exact im2col path.
-    if not _all_finite(weight):
+    grad_output, x, weight = contiguous(grad_output), contiguous(x), contiguous(weight)
+    if mask[0] and methods["grad_input"] == "direct" and not _all_finite(weight):
         methods["grad_input"] = "im2col"
-    if not _all_finite(x):
+    if mask[1] and methods["grad_weight"] == "direct" and not _all_finite(x):
         methods["grad_weight"] = "im2col"
     outputs = {name: shape for name, shape, wanted in
                zip(("grad_input", "grad_weight", "grad_bias"),
                    (g.input_shape, g.weight_shape, (g.K,)), mask) if wanted}
     _check_sizes("conv2d_backward", g, x.itemsize, outputs, "im2col" in methods.values())
-    grad_output, x, weight = contiguous(grad_output), contiguous(x), contiguous(weight)
     n_threads = _threads.threads_for(g.flops // 2)
     grad_input = grad_weight = grad_bias = None
     empty = grad_output.size == 0

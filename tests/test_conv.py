@@ -316,3 +316,20 @@ def test_inf_products_match_torch_semantics(method):
         np.testing.assert_array_equal(np.isnan(a), np.isnan(e))
         np.testing.assert_array_equal(a[np.isfinite(e)], e[np.isfinite(e)])
         np.testing.assert_array_equal(a[np.isinf(e)], e[np.isinf(e)])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("size", [1, 15, 17, 1000, 300_001])
+def test_finiteness_scan_finds_every_position(size, dtype):
+    """conv2d_backward's check that sends non-finite operands to im2col, at 1 and 2 threads."""
+    from convkit.functional import _all_finite
+
+    values = np.linspace(-3e38 if dtype == np.float32 else -1e308, 1, size).astype(dtype)
+    for n in (1, 2):
+        with convkit.num_threads(n):
+            assert _all_finite(values)
+            for bad in (np.inf, -np.inf, np.nan):
+                for position in sorted({0, size // 2, size - 1}):
+                    spoiled = values.copy()
+                    spoiled[position] = bad
+                    assert not _all_finite(spoiled), (bad, position)

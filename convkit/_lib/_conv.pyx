@@ -79,6 +79,32 @@ cdef inline floating _sum8(const floating *v, int64_t L) noexcept nogil:
     return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
 
 
+cdef inline int _any_nonfinite(const floating *a, int64_t n) noexcept nogil:
+    """1 if a[0:n] holds an inf or a NaN (x - x is NaN exactly for those), else 0."""
+    cdef int64_t i
+    cdef int bad = 0
+    for i in range(n):
+        bad = bad | ((a[i] - a[i]) != 0)
+    return bad
+
+
+def all_finite(const floating[::1] a, int n_threads):
+    """Whether every element of ``a`` is finite."""
+    cdef int64_t n = a.shape[0], chunks = 16, chunk, t, lo, hi
+    cdef int bad = 0
+    if n == 0:
+        return True
+    chunk = (n + chunks - 1) // chunks
+    for t in prange(chunks, schedule="static", nogil=True, num_threads=n_threads):
+        lo = t * chunk
+        hi = lo + chunk
+        if hi > n:
+            hi = n
+        if lo < hi:
+            bad += _any_nonfinite(&a[lo], hi - lo)
+    return bad == 0
+
+
 def grad_bias(const floating[:, :, ::1] grad_output,  # IN  (N, K, P*Q)
               floating[::1] out,                     # OUT (K,)
               int n_threads):
