@@ -423,7 +423,7 @@ def _grad_weight_depthwise(grad_output, x, g, n_threads):
     per_image = sh * sw * plane_len + g.P * Wph
     # A property of the shape alone: the sums' order depends on it.
     images = max(1, min(g.N, _DEPTHWISE_SCRATCH // (x.itemsize * per_image)))
-    scratch = np.empty((n_threads, images * per_image + g.R * g.S), dtype=x.dtype)
+    scratch = np.zeros((n_threads, images * per_image + g.R * g.S), dtype=x.dtype)
     grad_weight = np.empty((g.K, 1, g.R * g.S), dtype=x.dtype)
     _conv.grad_weight_depthwise(grad_output, x, tap_off, grad_weight, scratch, sh, sw,
                                 g.padding[0][0], g.padding[1][0], Hph, Wph, plane_len, images,

@@ -659,7 +659,7 @@ def grad_weight_depthwise(const floating[:, :, :, ::1] gy,  # IN  (N, K, P, Q)
                           const floating[:, :, :, ::1] x,   # IN  (N, C, H, W), C == groups
                           const int64_t[::1] tap_off,       # IN  (R*S,)
                           floating[:, :, ::1] gw,           # OUT (K, 1, R*S)
-                          floating[:, ::1] scratch,  # (n_threads, images*(sh*sw*plane_len + grid_len) + R*S)
+                          floating[:, ::1] scratch,  # ZEROED (n_threads, images*(sh*sw*plane_len + grid_len) + R*S)
                           int64_t sh, int64_t sw, int64_t pt, int64_t pl, int64_t Hph,
                           int64_t Wph, int64_t plane_len, int64_t images, int n_threads):
     """grad_weight of a convolution with one input channel per group.
@@ -668,6 +668,8 @@ def grad_weight_depthwise(const floating[:, :, :, ::1] gy,  # IN  (N, K, P, Q)
     its input channel's phase planes and grad_output's plane (on the Wph
     grid, zero past column Q) into its thread's scratch, and sums every
     image in order, so the result does not depend on the thread count.
+    ``scratch`` must come zeroed: its padding and grid columns then stay
+    zero and only the input's and grad_output's elements are copied.
     """
     cdef int64_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef int64_t K = gy.shape[1], P = gy.shape[2], Q = gy.shape[3]
@@ -688,12 +690,10 @@ def grad_weight_depthwise(const floating[:, :, :, ::1] gy,  # IN  (N, K, P, Q)
                 n1 = N
             for i in range(n1 - n0):
                 _pack_channel(&x[n0 + i, k // Kg, 0, 0], xs + i * chan_stride, H, W, sh, sw,
-                              pt, pl, Hph, Wph, plane_len, False)
+                              pt, pl, Hph, Wph, plane_len, True)
                 for p in range(P):
-                    for q in range(Q):
-                        grid[i * grid_len + p * Wph + q] = gy[n0 + i, k, p, q]
-                    for q in range(Q, Wph):
-                        grid[i * grid_len + p * Wph + q] = 0
+                    memcpy(grid + i * grid_len + p * Wph, &gy[n0 + i, k, p, 0],
+                           Q * sizeof(floating))
             if floating is float:
                 ck_kernels.gw1_f32(grid, grid_len, grid_len, 1, xs, chan_stride, &tap_off[0],
                                    RS, n1 - n0, grid_len, part, RS)
