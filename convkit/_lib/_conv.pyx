@@ -79,15 +79,6 @@ cdef inline floating _sum8(const floating *v, int64_t L) noexcept nogil:
     return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
 
 
-cdef inline int _any_nonfinite(const floating *a, int64_t n) noexcept nogil:
-    """1 if a[0:n] holds an inf or a NaN (x - x is NaN exactly for those), else 0."""
-    cdef int64_t i
-    cdef int bad = 0
-    for i in range(n):
-        bad = bad | ((a[i] - a[i]) != 0)
-    return bad
-
-
 def all_finite(const floating[::1] a, int n_threads):
     """Whether every element of ``a`` is finite."""
     cdef int64_t n = a.shape[0], chunks = 16, chunk, t, lo, hi
@@ -101,7 +92,10 @@ def all_finite(const floating[::1] a, int n_threads):
         if hi > n:
             hi = n
         if lo < hi:
-            bad += _any_nonfinite(&a[lo], hi - lo)
+            if floating is float:
+                bad += ck_kernels.nonfinite_f32(&a[lo], hi - lo)
+            else:
+                bad += ck_kernels.nonfinite_f64(&a[lo], hi - lo)
     return bad == 0
 
 
@@ -233,6 +227,8 @@ cdef extern from "_direct.h" nogil:
                                   int64_t, int64_t, const int64_t *, int64_t, int64_t, int64_t,
                                   int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
                                   double *, int, int, double *, int64_t)
+    ctypedef int (*ck_nonfinite_f32_t)(const float *, int64_t)
+    ctypedef int (*ck_nonfinite_f64_t)(const double *, int64_t)
     ctypedef struct ck_kernels_t:
         const char *isa
         ck_fwd_f32_t fwd_f32
@@ -256,6 +252,8 @@ cdef extern from "_direct.h" nogil:
         int gwk_f32_block
         int gwk_f64_block
         int gwk_cols
+        ck_nonfinite_f32_t nonfinite_f32
+        ck_nonfinite_f64_t nonfinite_f64
     ck_kernels_t ck_kernels
     void ck_select_kernels(const char *cap)
 

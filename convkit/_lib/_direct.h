@@ -331,6 +331,34 @@
                         scratch[((i / TB) * TB * KV + (i % TB) * KV + v) * VL + l];    \
     }
 
+/* ---- finiteness scan --------------------------------------------------- */
+
+/* 1 if a[0:n] holds an inf or a NaN, else 0: x - x is +0 for finite x and NaN
+ * otherwise, and a sum of such terms is 0 exactly when all of them are. */
+#define CK_DEFINE_NONFINITE(NAME, T, VBYTES, ATTR)                                     \
+    ATTR static int NAME(const T *a, int64_t n)                                        \
+    {                                                                                  \
+        typedef T V __attribute__((vector_size(VBYTES)));                              \
+        enum { VL = VBYTES / sizeof(T) };                                              \
+        V s0 = {0}, s1 = {0};                                                          \
+        T lanes[VL], tail = 0;                                                         \
+        int64_t i, l;                                                                  \
+        for (i = 0; i + 2 * VL <= n; i += 2 * VL) {                                    \
+            V v0, v1;                                                                  \
+            memcpy(&v0, a + i, sizeof(V));                                             \
+            memcpy(&v1, a + i + VL, sizeof(V));                                        \
+            s0 += v0 - v0;                                                             \
+            s1 += v1 - v1;                                                             \
+        }                                                                              \
+        for (; i < n; i++)                                                             \
+            tail += a[i] - a[i];                                                       \
+        s0 += s1;                                                                      \
+        memcpy(lanes, &s0, sizeof(lanes));                                             \
+        for (l = 0; l < VL; l++)                                                       \
+            tail += lanes[l];                                                          \
+        return tail != 0;                                                              \
+    }
+
 #if CK_X86
 #define CK_AVX512 __attribute__((target("avx512f,avx2,fma")))
 #define CK_AVX2 __attribute__((target("avx2,fma")))
@@ -350,6 +378,8 @@ CK_DEFINE_GRAD_WEIGHT(ck_gw_f64_base, double, 16, CK_GW_KB, 2, CK_BASE)
 CK_DEFINE_GRAD_WEIGHT(ck_gw1_f64_base, double, 16, 1, 9, CK_BASE)
 CK_DEFINE_GRAD_WEIGHT_KVEC(ck_gwk_f32_base, float, 16, 2, 6, CK_BASE)
 CK_DEFINE_GRAD_WEIGHT_KVEC(ck_gwk_f64_base, double, 16, 2, 6, CK_BASE)
+CK_DEFINE_NONFINITE(ck_nonfinite_f32_base, float, 16, CK_BASE)
+CK_DEFINE_NONFINITE(ck_nonfinite_f64_base, double, 16, CK_BASE)
 #if CK_X86
 CK_DEFINE_FORWARD(ck_fwd_f32_avx2, float, 32, CK_KB, 1, CK_AVX2)
 CK_DEFINE_FORWARD(ck_fwd_f64_avx2, double, 32, CK_KB, 1, CK_AVX2)
@@ -363,6 +393,8 @@ CK_DEFINE_GRAD_WEIGHT(ck_gw_f64_avx2, double, 32, CK_GW_KB, 2, CK_AVX2)
 CK_DEFINE_GRAD_WEIGHT(ck_gw1_f64_avx2, double, 32, 1, 9, CK_AVX2)
 CK_DEFINE_GRAD_WEIGHT_KVEC(ck_gwk_f32_avx2, float, 32, 2, 6, CK_AVX2)
 CK_DEFINE_GRAD_WEIGHT_KVEC(ck_gwk_f64_avx2, double, 32, 2, 6, CK_AVX2)
+CK_DEFINE_NONFINITE(ck_nonfinite_f32_avx2, float, 32, CK_AVX2)
+CK_DEFINE_NONFINITE(ck_nonfinite_f64_avx2, double, 32, CK_AVX2)
 CK_DEFINE_FORWARD(ck_fwd_f32_avx512, float, 64, CK_KB, 2, CK_AVX512)
 CK_DEFINE_FORWARD(ck_fwd_f64_avx512, double, 64, CK_KB, 2, CK_AVX512)
 CK_DEFINE_FORWARD(ck_fwd1_f32_avx512, float, 64, 1, 8, CK_AVX512)
@@ -379,6 +411,8 @@ CK_DEFINE_GRAD_WEIGHT(ck_gw_f64_avx512, double, 64, CK_GW_KB, 3, CK_AVX512)
 CK_DEFINE_GRAD_WEIGHT(ck_gw1_f64_avx512, double, 64, 1, 9, CK_AVX512)
 CK_DEFINE_GRAD_WEIGHT_KVEC(ck_gwk_f32_avx512, float, 64, 2, 12, CK_AVX512)
 CK_DEFINE_GRAD_WEIGHT_KVEC(ck_gwk_f64_avx512, double, 64, 2, 12, CK_AVX512)
+CK_DEFINE_NONFINITE(ck_nonfinite_f32_avx512, float, 64, CK_AVX512)
+CK_DEFINE_NONFINITE(ck_nonfinite_f64_avx512, double, 64, CK_AVX512)
 #endif
 
 typedef void (*ck_fwd_f32_t)(const float *, const float *, const int64_t *, int64_t, int64_t,
@@ -410,6 +444,9 @@ typedef void (*ck_gwk_f64_t)(const double *, int64_t, int64_t, int64_t, const do
                              int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, double *,
                              int, int, double *, int64_t);
 
+typedef int (*ck_nonfinite_f32_t)(const float *, int64_t);
+typedef int (*ck_nonfinite_f64_t)(const double *, int64_t);
+
 typedef struct {
     const char *isa;
     ck_fwd_f32_t fwd_f32, fwd1_f32;
@@ -427,13 +464,16 @@ typedef struct {
     ck_gwk_f32_t gwk_f32;
     ck_gwk_f64_t gwk_f64;
     int gwk_f32_block, gwk_f64_block, gwk_cols; /* channels and columns per block */
+    ck_nonfinite_f32_t nonfinite_f32;
+    ck_nonfinite_f64_t nonfinite_f64;
 } ck_kernels_t;
 
 static ck_kernels_t ck_kernels = {
     "baseline", ck_fwd_f32_base, ck_fwd1_f32_base, ck_fwdk_f32_base, ck_fwd_f64_base,
     ck_fwd1_f64_base, ck_fwdk_f64_base, 16, 8, ck_fwdk_f32_base, ck_fwdk_f64_base, 16, 8,
     ck_gw_f32_base, ck_gw_f64_base,
-    ck_gw1_f32_base, ck_gw1_f64_base, ck_gwk_f32_base, ck_gwk_f64_base, 8, 4, 6};
+    ck_gw1_f32_base, ck_gw1_f64_base, ck_gwk_f32_base, ck_gwk_f64_base, 8, 4, 6,
+    ck_nonfinite_f32_base, ck_nonfinite_f64_base};
 
 /* Pick the widest variant this CPU runs; CONVKIT_ISA=avx2|baseline caps it. */
 static void ck_select_kernels(const char *cap)
@@ -449,7 +489,8 @@ static void ck_select_kernels(const char *cap)
                           ck_fwdk_f64_avx512, 32, 16, ck_fwdkw_f32_avx512,
                           ck_fwdkw_f64_avx512, 64, 32, ck_gw_f32_avx512, ck_gw_f64_avx512,
                           ck_gw1_f32_avx512, ck_gw1_f64_avx512, ck_gwk_f32_avx512,
-                          ck_gwk_f64_avx512, 32, 16, 12};
+                          ck_gwk_f64_avx512, 32, 16, 12, ck_nonfinite_f32_avx512,
+                          ck_nonfinite_f64_avx512};
         ck_kernels = k;
     } else if (allow2 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
         ck_kernels_t k = {"avx2", ck_fwd_f32_avx2, ck_fwd1_f32_avx2, ck_fwdk_f32_avx2,
@@ -457,7 +498,8 @@ static void ck_select_kernels(const char *cap)
                           ck_fwdk_f32_avx2, ck_fwdk_f64_avx2, 16, 8,
                           ck_gw_f32_avx2, ck_gw_f64_avx2, ck_gw1_f32_avx2,
                           ck_gw1_f64_avx2, ck_gwk_f32_avx2,
-                          ck_gwk_f64_avx2, 16, 8, 6};
+                          ck_gwk_f64_avx2, 16, 8, 6, ck_nonfinite_f32_avx2,
+                          ck_nonfinite_f64_avx2};
         ck_kernels = k;
     }
 #else
