@@ -105,7 +105,20 @@
             for (p = 0; p < P; p++) {                                                  \
                 const T *src = grid + kb * gstride + p * Wph;                          \
                 T *dst = out + kb * out_kstride + p * out_rstride;                     \
-                if (out_cstride == 1)                                                  \
+                if (out_cstride == 1 && Q >= VL) {                                     \
+                    /* Whole vectors, the last one overlapping its neighbour:        \
+                     * the overlap is written twice with the same values. */          \
+                    for (q = 0;; q += VL) {                                            \
+                        V v;                                                           \
+                        if (q + VL > Q)                                                \
+                            q = Q - VL;                                                \
+                        memcpy(&v, src + q, sizeof(V));                                \
+                        v += bias[kb];                                                 \
+                        memcpy(dst + q, &v, sizeof(V));                                \
+                        if (q + VL >= Q)                                               \
+                            break;                                                     \
+                    }                                                                  \
+                } else if (out_cstride == 1)                                           \
                     for (q = 0; q < Q; q++)                                            \
                         dst[q] = src[q] + bias[kb];                                    \
                 else                                                                   \
