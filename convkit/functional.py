@@ -232,13 +232,24 @@ def _pack_input(x, g, layout, n_threads):
 
 
 def _pack_weight(weight, g, kb):
-    """(G, blocks, C/G, R*S, kb) weights: kb output channels side by side."""
-    G, Kg, Cg = g.groups, g.K_per_group, g.C_per_group
-    blocks = -(-Kg // kb)
-    w = weight.reshape(G, Kg, Cg, g.R * g.S)
-    if blocks * kb != Kg:
-        w = np.concatenate([w, np.zeros((G, blocks * kb - Kg, Cg, g.R * g.S), w.dtype)], 1)
-    return np.ascontiguousarray(w.reshape(G, blocks, kb, Cg, g.R * g.S).transpose(0, 1, 3, 4, 2))
+    """(G, blocks, C/G, R*S, kb) weights: kb output channels side by side.
+
+    ``weight`` is (K, C/G, R, S) or a (G, K/G, C/G, R, S) view of any strides
+    (grad_input passes its flipped, tap-sliced weights that way); the packing
+    is a single strided copy. Lanes past K/G in the last block are zero.
+    """
+    G, Kg, Cg, R, S = g.groups, g.K_per_group, g.C_per_group, g.R, g.S
+    w = weight if weight.ndim == 5 else weight.reshape(G, Kg, Cg, R, S)
+    blocks, full = -(-Kg // kb), Kg // kb
+    packed = np.empty((G, blocks, Cg, R, S, kb), dtype=weight.dtype)
+    if full:
+        np.copyto(packed[:, :full],
+                  w[:, : full * kb].reshape(G, full, kb, Cg, R, S).transpose(0, 1, 3, 4, 5, 2))
+    if blocks > full:
+        tail = Kg - full * kb
+        packed[:, full, ..., :tail] = w[:, full * kb:].transpose(0, 2, 3, 4, 1)
+        packed[:, full, ..., tail:] = 0
+    return packed.reshape(G, blocks, Cg, R * S, kb)
 
 
 def _channel_vector(g, itemsize, Wph):
@@ -310,6 +321,13 @@ def _phase_taps(a, stride, dilation, pad, kernel):
     return taps, first, dilation // math.gcd(stride, dilation)
 
 
+def _taps_slice(taps):
+    """The decreasing, evenly spaced taps of _phase_taps as a slice."""
+    step = taps[0] - taps[1] if len(taps) > 1 else 1
+    stop = taps[-1] - step
+    return slice(taps[0], stop if stop >= 0 else None, -step)
+
+
 def _grad_input_direct(grad_output, weight, g, n_threads):
     """grad_input as stride-1 convolutions of grad_output, one per input phase.
 
@@ -324,8 +342,8 @@ def _grad_input_direct(grad_output, weight, g, n_threads):
     """
     (sh, sw), (dh, dw) = g.stride, g.dilation
     G, Kg, Cg = g.groups, g.K_per_group, g.C_per_group
-    flipped = weight.reshape(G, Kg, Cg, g.R, g.S).transpose(0, 2, 1, 3, 4)
-    flipped = flipped.reshape(g.C, Kg, g.R, g.S)
+    # (G, C/G, K/G, R, S): the weights of the transposed convolution, a view.
+    swapped = weight.reshape(G, Kg, Cg, g.R, g.S).transpose(0, 2, 1, 3, 4)
     row_phases = [_phase_taps(a, sh, dh, g.padding[0][0], g.R) for a in range(min(sh, g.H))]
     col_phases = [_phase_taps(b, sw, dw, g.padding[1][0], g.S) for b in range(min(sw, g.W))]
     # A phase no tap reaches keeps a zero gradient; every other one is written whole.
@@ -343,7 +361,7 @@ def _grad_input_direct(grad_output, weight, g, n_threads):
                     (-left, W_b - g.Q + left + d_s * (S_b - 1)))
             phase = ConvGeometry(g.N, g.K, g.P, g.Q, g.C, R_a, S_b, H_a, W_b, G, (1, 1),
                                  (d_r, d_s), pads)
-            sub = np.ascontiguousarray(flipped[:, :, rows][:, :, :, cols])
+            sub = swapped[:, :, :, _taps_slice(rows), _taps_slice(cols)]
             # The kernels write the phase's rows and columns in place.
             _forward_direct(grad_output, sub, None, phase, grad_input[:, :, a::sh, b::sw],
                             n_threads)
