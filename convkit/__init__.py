@@ -7,6 +7,7 @@ NumPy reference (:mod:`convkit.reference`) and a small layer API
 
 __version__ = "0.1.0"
 
+from convkit._scratch import clear_scratch_cache
 from convkit._threads import get_num_threads, num_threads, set_num_threads
 from convkit.functional import (
     avg_pool2d,
@@ -30,7 +31,7 @@ def show_config(file=None):
 
     import numpy as np
 
-    from convkit import _threads
+    from convkit import _scratch, _threads
     from convkit import _lib
     from convkit._lib import _conv, _openmp
 
@@ -54,6 +55,8 @@ def show_config(file=None):
         f"threads: {get_num_threads()}",
         f"OpenMP wait policy: {_lib.WAIT_POLICY}",
         f"im2col workspace limit: {get_workspace_limit() / (1 << 20):g} MiB",
+        f"scratch kept between calls: {_scratch.cached_bytes() / (1 << 20):.1f} MiB "
+        f"in this thread (buffers up to {_scratch.MAX_CACHED_BYTES >> 20} MiB each)",
     ]
     print("\n".join(lines), file=file or sys.stdout)
 

@@ -12,6 +12,7 @@ import math
 import numpy as np
 
 from convkit import _limits, _threads
+from convkit._scratch import scratch as _scratch
 from convkit._lib import _conv
 from convkit._pooling import avg_pool2d, avg_pool2d_backward, max_pool2d, max_pool2d_backward
 from convkit._validation import (
@@ -225,7 +226,7 @@ def _pack_input(x, g, layout, n_threads):
     """(N, C, sh*sw, plane_len) stride-phase planes of the zero-padded input."""
     Hph, Wph, plane_len, _ = layout
     (sh, sw) = g.stride
-    packed = np.empty((g.N, g.C, sh * sw, plane_len), dtype=x.dtype)
+    packed = _scratch("input", (g.N, g.C, sh * sw, plane_len), x.dtype)
     _conv.pack_phases(x, packed, sh, sw, g.padding[0][0], g.padding[1][0], Hph, Wph,
                       n_threads)
     return packed
@@ -241,7 +242,7 @@ def _pack_weight(weight, g, kb):
     G, Kg, Cg, R, S = g.groups, g.K_per_group, g.C_per_group, g.R, g.S
     w = weight if weight.ndim == 5 else weight.reshape(G, Kg, Cg, R, S)
     blocks, full = -(-Kg // kb), Kg // kb
-    packed = np.empty((G, blocks, Cg, R, S, kb), dtype=weight.dtype)
+    packed = _scratch("weights", (G, blocks, Cg, R, S, kb), weight.dtype)
     if full:
         np.copyto(packed[:, :full],
                   w[:, : full * kb].reshape(G, full, kb, Cg, R, S).transpose(0, 1, 3, 4, 5, 2))
@@ -295,14 +296,14 @@ def _forward_direct(x, weight, bias, g, y, n_threads):
     rows = g.H if g.stride == (1, 1) else -1
     if local:
         planes = g.S * sh if shifted else sh * sw
-        scratch = np.zeros((n_threads, g.C_per_group * planes * plane_len + grid),
-                           dtype=x.dtype)
+        scratch = _scratch("threads", (n_threads, g.C_per_group * planes * plane_len + grid),
+                           x.dtype, zero=True)
         _conv.forward_local(x, weight, tap_off, bias, y, scratch, sh, sw, g.padding[0][0],
                             g.padding[1][0], Hph, Wph, plane_len, per_image, channel_vector,
                             g.S, g.dilation[0], rows, shifted, g.dilation[1], n_threads)
         return
     packed = _pack_input(x, g, layout, n_threads)
-    scratch = np.empty((n_threads, grid), dtype=x.dtype)
+    scratch = _scratch("threads", (n_threads, grid), x.dtype)
     _conv.forward_packed(packed, weight, tap_off, bias, y, scratch, Wph, channel_vector, g.S,
                          g.dilation[0], g.padding[0][0], rows, n_threads)
 
@@ -421,14 +422,14 @@ def _grad_weight_channel_vector(grad_output, x, g, n_threads):
         packed = np.empty((1, 1, 1, 1), dtype=x.dtype)
     else:
         packed = _pack_input(x, g, (Hph, Wph, plane_len, tap_off), n_threads)
-    scratch = np.empty((n_threads, width), dtype=x.dtype)
-    partial = np.empty((splits, g.K, g.C_per_group, g.R * g.S), dtype=x.dtype)
+    scratch = _scratch("threads", (n_threads, width), x.dtype)
+    partial = _scratch("partial", (splits, g.K, g.C_per_group, g.R * g.S), x.dtype)
     bounds = np.linspace(0, N, splits + 1).astype(np.int64)
     _conv.grad_weight_channel_vector(grad_output.reshape(N, g.K, g.P * g.Q), x, packed,
                                      tap_off, bounds, partial, scratch, g.P, g.Q, sh, sw,
                                      g.padding[0][0], g.padding[1][0], Hph, Wph, plane_len,
                                      cols_per_task, chunk_rows, per_task, n_threads)
-    grad_weight = partial[0]
+    grad_weight = partial[0].copy()
     for i in range(1, splits):
         grad_weight += partial[i]
     return grad_weight.reshape(g.weight_shape)
@@ -441,7 +442,8 @@ def _grad_weight_depthwise(grad_output, x, g, n_threads):
     per_image = sh * sw * plane_len + g.P * Wph
     # A property of the shape alone: the sums' order depends on it.
     images = max(1, min(g.N, _DEPTHWISE_SCRATCH // (x.itemsize * per_image)))
-    scratch = np.zeros((n_threads, images * per_image + g.R * g.S), dtype=x.dtype)
+    scratch = _scratch("threads", (n_threads, images * per_image + g.R * g.S), x.dtype,
+                       zero=True)
     grad_weight = np.empty((g.K, 1, g.R * g.S), dtype=x.dtype)
     _conv.grad_weight_depthwise(grad_output, x, tap_off, grad_weight, scratch, sh, sw,
                                 g.padding[0][0], g.padding[1][0], Hph, Wph, plane_len, images,

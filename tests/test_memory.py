@@ -208,3 +208,50 @@ def test_memory_guard_counts_outputs_and_workspace(monkeypatch):
         convkit.conv2d(x, weight, padding=1, method="im2col")
     with convkit.workspace_limit(1 << 16):
         assert convkit.conv2d(x, weight, padding=1, method="im2col").shape == x.shape
+
+
+def _cached_buffers():
+    from convkit import _scratch
+
+    return list(_scratch._local.__dict__.get("buffers", {}).values())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_scratch_buffers_never_escape(dtype):
+    """Outputs share no memory with the kept scratch, and later calls leave them unchanged."""
+    rng = np.random.default_rng(4)
+    calls = []
+    for x_shape, w_shape, kwargs in [((4, 6, 12, 11), (70, 6, 3, 3), dict(padding=1)),
+                                     ((3, 2, 9, 10), (8, 2, 5, 3), dict(stride=2)),
+                                     ((2, 4, 8, 8), (4, 1, 3, 3), dict(groups=4, padding=1))]:
+        x = rng.standard_normal(x_shape).astype(dtype)
+        weight = rng.standard_normal(w_shape).astype(dtype)
+        y = convkit.conv2d(x, weight, method="direct", **kwargs)
+        grads = convkit.conv2d_backward(rng.standard_normal(y.shape).astype(dtype), x, weight,
+                                        method="direct", **kwargs)
+        calls.append([y, *grads])
+    snapshots = [[a.copy() for a in outputs] for outputs in calls]
+    convkit.conv2d(rng.standard_normal((5, 6, 12, 11)).astype(dtype),
+                   rng.standard_normal((70, 6, 3, 3)).astype(dtype), padding=1, method="direct")
+    buffers = _cached_buffers()
+    assert buffers
+    for outputs, snapshot in zip(calls, snapshots):
+        for array, saved in zip(outputs, snapshot):
+            np.testing.assert_array_equal(array, saved)
+            assert not any(np.shares_memory(array, raw) for raw in buffers)
+
+
+def test_scratch_cache_is_bounded_and_clearable(monkeypatch):
+    from convkit import _scratch
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((8, 16, 20, 20)).astype(np.float32)
+    weight = rng.standard_normal((32, 16, 3, 3)).astype(np.float32)
+    expected = convkit.conv2d(x, weight, padding=1, method="direct")
+    assert _scratch.cached_bytes() > 0
+    convkit.clear_scratch_cache()
+    assert _scratch.cached_bytes() == 0
+    monkeypatch.setattr(_scratch, "MAX_CACHED_BYTES", 1024)
+    np.testing.assert_array_equal(convkit.conv2d(x, weight, padding=1, method="direct"),
+                                  expected)
+    assert all(raw.size <= 1024 for raw in _cached_buffers())
