@@ -49,6 +49,11 @@ CASES = {
     "C1_K8_stride2_auto_im2col": ((2, 1, 9, 8), (8, 1, 3, 3), True, dict(stride=2, padding=1)),
     "channel_vector_gw_9_images_stride2": ((9, 4, 11, 10), (24, 4, 3, 2), False,
                                            dict(stride=2, dilation=(1, 2), padding=1)),
+    # grad_input as weights x grad_output then col2im: small maps, groups,
+    # dilation and a column stride.
+    "scatter_grad_input_groups_dilation": ((2, 4, 9, 10), (6, 2, 3, 3), True,
+                                           dict(groups=2, dilation=2, stride=(1, 2))),
+    "scatter_grad_input_pad_5x5": ((3, 5, 8, 8), (9, 5, 5, 5), False, dict(padding=1)),
     # Channel-vector forward with its wide block and a K tail (K/G = 70).
     "channel_vector_wide_K_tail": ((2, 8, 9, 8), (70, 8, 5, 4), True, dict(padding=(2, 1))),
     "channel_vector_wide_stride2": ((3, 12, 11, 9), (66, 6, 5, 5), False,
@@ -333,3 +338,16 @@ def test_finiteness_scan_finds_every_position(size, dtype):
                     spoiled = values.copy()
                     spoiled[position] = bad
                     assert not _all_finite(spoiled), (bad, position)
+
+
+def test_grad_input_forms_are_both_exercised():
+    """The CASES reach both the scatter (col2im) and the gather form of direct grad_input."""
+    from convkit._validation import conv_geometry
+    from convkit.functional import _use_scatter_grad_input
+
+    forms = set()
+    for x_shape, w_shape, _, kwargs in CASES.values():
+        g = conv_geometry(x_shape, w_shape, kwargs.get("stride", 1), kwargs.get("padding", 0),
+                          kwargs.get("dilation", 1), kwargs.get("groups", 1))
+        forms.add(_use_scatter_grad_input(g, 8))
+    assert forms == {True, False}

@@ -181,19 +181,24 @@ def test_results_bitwise_identical_for_1_2_4_threads(method, dtype):
     # 3 input channels: 1 and 2 threads pack per image, 4 threads per block of
     # output channels.
     ((9, 3, 10, 11), (20, 3, 3, 3)),
-], ids=["wide", "narrow"])
+    # Small maps, 5x5 kernel: grad_input as weights x grad_output then col2im.
+    ((5, 6, 9, 9), (12, 6, 5, 5)),
+], ids=["wide", "narrow", "scatter"])
 def test_direct_packing_layout_does_not_change_results(dtype, shapes):
     """The packing depends on the thread count; the results must not."""
     rng = np.random.default_rng(3)
     x_shape, w_shape = shapes
     x = rng.standard_normal(x_shape).astype(dtype)
     weight = rng.standard_normal(w_shape).astype(dtype)
-    grad_output = rng.standard_normal(x_shape[:1] + w_shape[:1] + x_shape[2:]).astype(dtype)
+    pad = 1
+    out_hw = tuple(size + 2 * pad - w_shape[2] + 1 for size in x_shape[2:])
+    grad_output = rng.standard_normal(x_shape[:1] + w_shape[:1] + out_hw).astype(dtype)
     results = []
     for n in (1, 2, 4):
         with convkit.num_threads(n):
-            y = convkit.conv2d(x, weight, padding=1, method="direct")
-            grads = convkit.conv2d_backward(grad_output, x, weight, padding=1, method="direct")
+            y = convkit.conv2d(x, weight, padding=pad, method="direct")
+            grads = convkit.conv2d_backward(grad_output, x, weight, padding=pad,
+                                            method="direct")
         results.append((y,) + grads)
     for threaded in results[1:]:
         for got, want in zip(threaded, results[0]):

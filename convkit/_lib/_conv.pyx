@@ -256,6 +256,8 @@ cdef extern from "_direct.h" nogil:
         ck_nonfinite_f64_t nonfinite_f64
     ck_kernels_t ck_kernels
     void ck_select_kernels(const char *cap)
+    void ck_add_rows_f32(float *out, const float *src, int64_t n)
+    void ck_add_rows_f64(double *out, const double *src, int64_t n)
 
 import os as _os
 
@@ -704,3 +706,72 @@ def grad_weight_depthwise(const floating[:, :, :, ::1] gy,  # IN  (N, K, P, Q)
                 else:
                     gw[k, 0, t] = gw[k, 0, t] + part[t]
             n0 = n1
+
+
+def grad_input_scatter(const floating[:, :, ::1] gy,         # IN  (N, K, P*Q)
+                       const floating[:, :, :, :, ::1] wpk,  # IN  (G, blocks, K/G, 1, CK_KB)
+                       const floating[::1] zeros,            # IN  (CK_KB,) zeros
+                       floating[:, :, :, ::1] gi,            # OUT (N, C, H, W)
+                       floating[:, ::1] scratch,  # (n_threads, K/G*P*Q + CK_SLACK + blocks*CK_KB*P*Q)
+                       int64_t R, int64_t S, int64_t P, int64_t Q, int64_t sh, int64_t sw,
+                       int64_t pt, int64_t pl, int64_t dh, int64_t dw, int n_threads):
+    """grad_input as a product of the weights and grad_output, then col2im, per image.
+
+    One task per (image, group): grad_output's K/G channels are copied into
+    the thread's scratch; the grid kernel, run as a 1x1 convolution, turns
+    them into the image's columns cols[(c*R + r)*S + s][p*Q + q] =
+    sum_k w[k][c][r][s] * gy[k][p][q] (every multiply-add a real one, none
+    on padding), kept in cache; these are then added to the input pixels
+    they came from, in a fixed order. Pays where the gather form of
+    grad_input would mostly multiply padding (small maps, large kernels).
+    """
+    cdef int64_t N = gi.shape[0], C = gi.shape[1], H = gi.shape[2], W = gi.shape[3]
+    cdef int64_t G = wpk.shape[0], blocks = wpk.shape[1], Kg = wpk.shape[2]
+    cdef int64_t Cg = C // G, RS = R * S, L = P * Q, rows = Cg * RS
+    cdef int64_t task, n, g, blk, kcount, c, r, s, p, q, ih, q_lo, q_hi, offset
+    cdef int64_t tap0 = 0
+    cdef floating *gys
+    cdef floating *cols
+    cdef floating *plane
+    cdef const floating *src
+    for task in prange(N * G, schedule="static", nogil=True, num_threads=n_threads):
+        n = task // G
+        g = task % G
+        gys = &scratch[omp_get_thread_num(), 0]
+        cols = gys + Kg * L + CK_SLACK
+        memcpy(gys, &gy[n, g * Kg, 0], Kg * L * sizeof(floating))
+        memset(gys + Kg * L, 0, CK_SLACK * sizeof(floating))
+        for blk in range(blocks):
+            kcount = rows - blk * CK_KB
+            if kcount > CK_KB:
+                kcount = CK_KB
+            if floating is float:
+                ck_kernels.fwd_f32(gys, &wpk[g, blk, 0, 0, 0], &tap0, Kg, 1, L, L, L, 1,
+                                   NULL, 0, cols + blk * CK_KB * L, L, L, 1, kcount,
+                                   &zeros[0])
+            else:
+                ck_kernels.fwd_f64(gys, &wpk[g, blk, 0, 0, 0], &tap0, Kg, 1, L, L, L, 1,
+                                   NULL, 0, cols + blk * CK_KB * L, L, L, 1, kcount,
+                                   &zeros[0])
+        for c in range(Cg):
+            plane = &gi[n, g * Cg + c, 0, 0]
+            memset(plane, 0, H * W * sizeof(floating))
+            for r in range(R):
+                for s in range(S):
+                    src = cols + ((c * R + r) * S + s) * L
+                    offset = s * dw - pl
+                    q_lo = _first_column(Q, sw, offset)
+                    q_hi = _max(_end_column(W, Q, sw, offset), q_lo)
+                    for p in range(P):
+                        ih = p * sh - pt + r * dh
+                        if ih < 0 or ih >= H:
+                            continue
+                        if sw != 1:
+                            _scatter_strided(plane + ih * W, src + p * Q, 1, q_lo, q_hi, sw,
+                                             offset)
+                        elif floating is float:
+                            ck_add_rows_f32(plane + ih * W + q_lo + offset, src + p * Q + q_lo,
+                                            q_hi - q_lo)
+                        else:
+                            ck_add_rows_f64(plane + ih * W + q_lo + offset, src + p * Q + q_lo,
+                                            q_hi - q_lo)

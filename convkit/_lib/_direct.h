@@ -344,6 +344,29 @@
                         scratch[((i / TB) * TB * KV + (i % TB) * KV + v) * VL + l];    \
     }
 
+/* ---- row accumulation (col2im) ----------------------------------------- */
+
+/* out[i] += src[i] for i < n, the two not overlapping: 16-byte vectors, no
+ * alignment peeling (the rows are short: a feature map's width). */
+#define CK_DEFINE_ADD_ROWS(NAME, T)                                                    \
+    static inline void NAME(T *out, const T *src, int64_t n)                           \
+    {                                                                                  \
+        typedef T V __attribute__((vector_size(16)));                                  \
+        enum { VL = 16 / sizeof(T) };                                                  \
+        int64_t i = 0;                                                                 \
+        for (; i + VL <= n; i += VL) {                                                 \
+            V a, b;                                                                    \
+            memcpy(&a, out + i, sizeof(V));                                            \
+            memcpy(&b, src + i, sizeof(V));                                            \
+            a += b;                                                                    \
+            memcpy(out + i, &a, sizeof(V));                                            \
+        }                                                                              \
+        for (; i < n; i++)                                                             \
+            out[i] += src[i];                                                          \
+    }
+CK_DEFINE_ADD_ROWS(ck_add_rows_f32, float)
+CK_DEFINE_ADD_ROWS(ck_add_rows_f64, double)
+
 /* ---- finiteness scan --------------------------------------------------- */
 
 /* 1 if a[0:n] holds an inf or a NaN, else 0: x - x is +0 for finite x and NaN
