@@ -91,14 +91,18 @@ def _choose_method(g, op, itemsize):
     a method"); the rule depends on the shape, the dtype and the CPU's kernel
     variant, never on the thread count, so results stay bitwise identical
     across thread counts. 1x1 convolutions are one GEMM with no im2col at
-    all. Every other forward runs direct: its kernels scale with threads
-    where im2col's copy does not. Single-channel inputs (C/G == 1, K/G >= 8)
+    all, except grad_weight where the channel-vector kernel applies: it
+    reads x in place and sums all images in one pass where the GEMMs go
+    image by image. Every other forward runs direct: its kernels scale with
+    threads where im2col's copy does not. Single-channel inputs (C/G == 1, K/G >= 8)
     take im2col for both gradients: its GEMMs then have the longest inner
     dimension. Otherwise grad_input runs direct (one stride-1 convolution
     per stride phase), and so does grad_weight wherever the channel-vector
     kernel applies (K/G at least half its channel block).
     """
     if g.is_pointwise:
+        if op == "grad_weight" and _use_channel_vector_grad_weight(g, itemsize):
+            return "direct"
         return "im2col"
     if op == "forward" or g.K_per_group < 8:
         return "direct"
@@ -227,6 +231,16 @@ def _use_shifted_layout(g, itemsize, y, outputs):
     return packed * itemsize <= _SHIFTED_SCRATCH and outputs >= extra
 
 
+def _is_own_layout(g):
+    """Whether the input, as it is, is its own phase layout (stride 1, no padding).
+
+    Its single phase plane is then the H x W image itself (Hph = H, Wph = W),
+    and kernels that read only real output positions (the channel-vector
+    ones) can use it without packing; the tap offsets are _phase_layout's.
+    """
+    return g.stride == (1, 1) and g.padding == ((0, 0), (0, 0))
+
+
 def _pack_input(x, g, layout, n_threads):
     """(N, C, sh*sw, plane_len) stride-phase planes of the zero-padded input."""
     Hph, Wph, plane_len, _ = layout
@@ -292,6 +306,10 @@ def _forward_direct(x, weight, bias, g, y, n_threads):
     local = narrow or per_image
     outputs = (g.K_per_group if per_image else kb) * g.P * g.Q
     shifted = local and not channel_vector and _use_shifted_layout(g, x.itemsize, y, outputs)
+    own_layout = channel_vector and _is_own_layout(g)
+    if own_layout:
+        # Nothing to pack: the channel-vector kernel reads x where it is.
+        local, plane_len = False, g.H * g.W
     if shifted:
         Hph, Wph, plane_len, tap_off = _shifted_layout(g)
     weight = _pack_weight(weight, g, kb)
@@ -307,7 +325,10 @@ def _forward_direct(x, weight, bias, g, y, n_threads):
                             g.padding[1][0], Hph, Wph, plane_len, per_image, channel_vector,
                             g.S, g.dilation[0], rows, shifted, g.dilation[1], n_threads)
         return
-    packed = _pack_input(x, g, layout, n_threads)
+    if own_layout:
+        packed = x.reshape(g.N, g.C, 1, plane_len)
+    else:
+        packed = _pack_input(x, g, layout, n_threads)
     scratch = _scratch("threads", (n_threads, grid), x.dtype)
     _conv.forward_packed(packed, weight, tap_off, bias, y, scratch, Wph, channel_vector, g.S,
                          g.dilation[0], g.padding[0][0], rows, n_threads)
@@ -459,7 +480,11 @@ def _grad_weight_channel_vector(grad_output, x, g, n_threads):
     per_task = G * blocks <= 2
     channels = min(g.C_per_group, -(-cols_per_task // (g.R * g.S)) + 1)
     width = (cols_per_task + chunk_rows * g.Q) * kb
-    if per_task:
+    if _is_own_layout(g):
+        # The kernel reads only the real positions, so x needs no packing.
+        per_task, plane_len = False, g.H * g.W
+        packed = x.reshape(N, g.C, 1, plane_len)
+    elif per_task:
         width += channels * sh * sw * plane_len
         packed = np.empty((1, 1, 1, 1), dtype=x.dtype)
     else:

@@ -54,6 +54,9 @@ CASES = {
     "scatter_grad_input_groups_dilation": ((2, 4, 9, 10), (6, 2, 3, 3), True,
                                            dict(groups=2, dilation=2, stride=(1, 2))),
     "scatter_grad_input_pad_5x5": ((3, 5, 8, 8), (9, 5, 5, 5), False, dict(padding=1)),
+    # Stride 1, no padding: the channel-vector kernels read x without packing.
+    "channel_vector_unpacked_input": ((2, 20, 7, 6), (36, 20, 3, 3), True, {}),
+    "1x1_pointwise_direct_grad_weight": ((3, 6, 5, 7), (20, 6, 1, 1), True, {}),
     # Channel-vector forward with its wide block and a K tail (K/G = 70).
     "channel_vector_wide_K_tail": ((2, 8, 9, 8), (70, 8, 5, 4), True, dict(padding=(2, 1))),
     "channel_vector_wide_stride2": ((3, 12, 11, 9), (66, 6, 5, 5), False,
