@@ -91,9 +91,9 @@ def _choose_method(g, op, itemsize):
     a method"); the rule depends on the shape, the dtype and the CPU's kernel
     variant, never on the thread count, so results stay bitwise identical
     across thread counts. 1x1 convolutions are one GEMM with no im2col at
-    all, except grad_weight where the channel-vector kernel applies: it
-    reads x in place and sums all images in one pass where the GEMMs go
-    image by image. Every other forward runs direct: its kernels scale with
+    all, except for the gradients where the channel-vector grad_weight
+    kernel applies: it reads x in place and sums all images in one pass
+    where the GEMMs go image by image (grad_input then runs direct too). Every other forward runs direct: its kernels scale with
     threads where im2col's copy does not. Single-channel inputs (C/G == 1, K/G >= 8)
     take im2col for both gradients: its GEMMs then have the longest inner
     dimension. Otherwise grad_input runs direct (one stride-1 convolution
@@ -101,7 +101,9 @@ def _choose_method(g, op, itemsize):
     kernel applies (K/G at least half its channel block).
     """
     if g.is_pointwise:
-        if op == "grad_weight" and _use_channel_vector_grad_weight(g, itemsize):
+        # Both gradients together, so that BLAS and OpenMP threads do not
+        # follow each other in one call.
+        if op != "forward" and _use_channel_vector_grad_weight(g, itemsize):
             return "direct"
         return "im2col"
     if op == "forward" or g.K_per_group < 8:
@@ -725,27 +727,27 @@ def conv2d_backward(grad_output, x, weight, stride=1, padding=0, dilation=1, gro
     n_threads = _threads.threads_for(g.flops // 2)
     grad_input = grad_weight = grad_bias = None
     empty = grad_output.size == 0
-    if mask[0]:
-        if empty:
-            grad_input = np.zeros(g.input_shape, dtype=x.dtype)
-        elif methods["grad_input"] == "direct":
-            grad_input = _grad_input_direct(grad_output, weight, g, n_threads)
-        else:
-            with _blas_threads(g, n_threads):
-                grad_input = _grad_input_im2col(grad_output, weight, g, n_threads)
-    if mask[1]:
-        if empty:
-            grad_weight = np.zeros(g.weight_shape, dtype=x.dtype)
-        elif methods["grad_weight"] == "direct":
-            grad_weight = _grad_weight_direct(grad_output, x, g, n_threads)
-        else:
-            with _blas_threads(g, n_threads):
-                grad_weight = _grad_weight_im2col(grad_output, x, g, n_threads)
+    # The OpenMP kernels run first and the BLAS calls last: OpenBLAS's threads
+    # keep spinning a while after a GEMM, and an OpenMP team started then
+    # competes with them for the cores.
     if mask[2]:
         grad_bias = np.zeros(g.K, dtype=x.dtype)
         if not empty:
             _conv.grad_bias(grad_output.reshape(g.N, g.K, g.P * g.Q), grad_bias,
                             _threads.threads_for(grad_output.size))
+    if empty:
+        grad_input = np.zeros(g.input_shape, dtype=x.dtype) if mask[0] else None
+        grad_weight = np.zeros(g.weight_shape, dtype=x.dtype) if mask[1] else None
+        return grad_input, grad_weight, grad_bias
+    if mask[0] and methods["grad_input"] == "direct":
+        grad_input = _grad_input_direct(grad_output, weight, g, n_threads)
+    if mask[1] and methods["grad_weight"] == "direct":
+        grad_weight = _grad_weight_direct(grad_output, x, g, n_threads)
+    with _blas_threads(g, n_threads):
+        if mask[0] and methods["grad_input"] != "direct":
+            grad_input = _grad_input_im2col(grad_output, weight, g, n_threads)
+        if mask[1] and methods["grad_weight"] != "direct":
+            grad_weight = _grad_weight_im2col(grad_output, x, g, n_threads)
     return grad_input, grad_weight, grad_bias
 
 
