@@ -130,11 +130,21 @@ class Timing:
     repeats: int
 
 
-def measure(fn, budget_s, min_repeats, warmup=True, max_repeats=1000):
+def measure(fn, budget_s, min_repeats, warmup=True, max_repeats=1000, settle_s=0.0):
     """Time ``fn()``: an untimed warm-up call, then repeats until both ``min_repeats``
     and ``budget_s`` seconds are reached. Returns (Timing, result of the warm-up call
-    or None)."""
+    or None).
+
+    With ``settle_s`` the untimed warm-up goes on for that many seconds: after
+    the multi-threaded GEMMs of a previous measurement (the im2col path, the
+    NumPy reference), OpenBLAS's threads spin for about 0.2 s, and OpenMP
+    kernels (convkit's, PyTorch's) timed meanwhile share the cores with them.
+    """
     result = fn() if warmup else None
+    if warmup and settle_s > 0:
+        end = time.perf_counter() + settle_s
+        while time.perf_counter() < end:
+            fn()
     times = []
     start = time.perf_counter()
     while len(times) < min_repeats or (time.perf_counter() - start < budget_s
@@ -305,10 +315,12 @@ class Settings:
     reference_min_repeats: int
     # The reference is not timed when one call takes longer than this (None: always timed).
     reference_skip_s: float | None
+    # Untimed warm-up of convkit's and PyTorch's calls (see measure).
+    settle_s: float = 0.0
 
 
 FULL = Settings(budget_s=0.5, min_repeats=5, reference_budget_s=0.3, reference_min_repeats=2,
-                reference_skip_s=None)
+                reference_skip_s=None, settle_s=0.3)
 QUICK = Settings(budget_s=0.0, min_repeats=2, reference_budget_s=0.0, reference_min_repeats=1,
                  reference_skip_s=0.25)
 GEMM_SIZE = 1024
@@ -451,12 +463,14 @@ def _run_case(case, n, expected, reference_fn, time_reference, torch_fn, gemm_gf
         reference_time = measure(reference_fn, settings.reference_budget_s,
                                  settings.reference_min_repeats, warmup=False)[0].median_s
     if torch_fn is not None:
-        timing, outputs = measure(torch_fn, settings.budget_s, settings.min_repeats)
+        timing, outputs = measure(torch_fn, settings.budget_s, settings.min_repeats,
+                                  settle_s=settings.settle_s)
         torch_time = timing.median_s
         torch_rel = max_errors(to_numpy(outputs), expected)[1]
     rows = []
     for method in case.methods:
-        timing, outputs = measure(case.convkit(method), settings.budget_s, settings.min_repeats)
+        timing, outputs = measure(case.convkit(method), settings.budget_s, settings.min_repeats,
+                                  settle_s=settings.settle_s)
         max_abs, max_rel = max_errors(outputs, expected)
         rate = case.work / timing.median_s / 1e9
         rows.append({

@@ -221,3 +221,14 @@ def test_measure_repeats_until_budget_and_minimum():
     timing, result = bench.measure(lambda: calls.append(1), budget_s=0.0, min_repeats=1,
                                    warmup=False)
     assert result is None and timing.repeats == 1 and len(calls) == 1
+
+
+def test_measure_settles_before_timing():
+    """The untimed warm-up runs for settle_s seconds; the timed calls come after it."""
+    import time
+
+    stamps = []
+    timing, _ = bench.measure(lambda: stamps.append(time.perf_counter()), budget_s=0.0,
+                              min_repeats=2, settle_s=0.05)
+    assert timing.repeats == 2
+    assert stamps[-3] - stamps[0] >= 0.05 and len(stamps) >= 4
