@@ -300,40 +300,52 @@ def kernel_isa():
     return ck_kernels.isa.decode()
 
 
+cdef inline void _pack_plane(const floating *xplane, floating *plane, int64_t H, int64_t W,
+                             int64_t sh, int64_t sw, int64_t a, int64_t pt, int64_t offset,
+                             int64_t rows, int64_t width, int64_t L,
+                             bint zeroed) noexcept nogil:
+    """plane[i*width + j] = xplane[(i*sh + a - pt)*W + j*sw + offset], 0 outside the input.
+
+    ``rows`` x ``width`` elements, then zero slack up to L. With ``zeroed`` the
+    plane's padding is already zero (a scratch packed before with the same
+    geometry) and only the input's elements are written.
+    """
+    cdef int64_t i, j, h
+    cdef int64_t j_lo = _first_column(width, sw, offset)
+    cdef int64_t j_hi = _max(_end_column(W, width, sw, offset), j_lo)
+    for i in range(rows):
+        h = i * sh + a - pt
+        if h < 0 or h >= H:
+            if not zeroed:
+                memset(plane + i * width, 0, width * sizeof(floating))
+            continue
+        if not zeroed:
+            for j in range(j_lo):
+                plane[i * width + j] = 0
+            for j in range(j_hi, width):
+                plane[i * width + j] = 0
+        if sw == 1:
+            memcpy(plane + i * width + j_lo, xplane + h * W + j_lo + offset,
+                   (j_hi - j_lo) * sizeof(floating))
+        else:
+            for j in range(j_lo, j_hi):
+                plane[i * width + j] = xplane[h * W + j * sw + offset]
+    if not zeroed:
+        memset(plane + rows * width, 0, (L - rows * width) * sizeof(floating))
+
+
 cdef inline void _pack_channel(const floating *xplane, floating *out, int64_t H, int64_t W,
                                int64_t sh, int64_t sw, int64_t pt, int64_t pl, int64_t Hph,
                                int64_t Wph, int64_t L, bint zeroed) noexcept nogil:
     """The sh*sw phase planes of one (H, W) channel, L elements apart (see pack_phases).
 
-    With ``zeroed`` the planes' padding is already zero (a scratch packed
-    before with the same geometry) and only the input's elements are written.
+    Plane (a, b) holds padded_x[i*sh + a, j*sw + b]. ``zeroed`` as in _pack_plane.
     """
-    cdef int64_t a, b, i, j, h, j_lo, j_hi
-    cdef floating *plane
+    cdef int64_t a, b
     for a in range(sh):
         for b in range(sw):
-            plane = out + (a * sw + b) * L
-            j_lo = _first_column(Wph, sw, b - pl)
-            j_hi = _max(_end_column(W, Wph, sw, b - pl), j_lo)
-            for i in range(Hph):
-                h = i * sh + a - pt
-                if h < 0 or h >= H:
-                    if not zeroed:
-                        memset(plane + i * Wph, 0, Wph * sizeof(floating))
-                    continue
-                if not zeroed:
-                    for j in range(j_lo):
-                        plane[i * Wph + j] = 0
-                    for j in range(j_hi, Wph):
-                        plane[i * Wph + j] = 0
-                if sw == 1:
-                    memcpy(plane + i * Wph + j_lo, xplane + h * W + j_lo + b - pl,
-                           (j_hi - j_lo) * sizeof(floating))
-                else:
-                    for j in range(j_lo, j_hi):
-                        plane[i * Wph + j] = xplane[h * W + j * sw + b - pl]
-            if not zeroed:
-                memset(plane + Hph * Wph, 0, (L - Hph * Wph) * sizeof(floating))
+            _pack_plane(xplane, out + (a * sw + b) * L, H, W, sh, sw, a, pt, b - pl, Hph, Wph,
+                        L, zeroed)
 
 
 cdef inline void _pack_shifted(const floating *xplane, floating *out, int64_t H, int64_t W,
@@ -345,35 +357,13 @@ cdef inline void _pack_shifted(const floating *xplane, floating *out, int64_t H,
     plane (s, a) holds padded_x[i*sh + a, q*sw + s*dw] as a row-major Hph x Q
     grid, zero outside the input and in the slack after it: tap (r, s) then
     reads output position j = p*Q + q at a fixed offset, with no grid column
-    wasted (see _shifted_layout in functional.py). ``zeroed`` as in _pack_channel.
+    wasted (see _shifted_layout in functional.py). ``zeroed`` as in _pack_plane.
     """
-    cdef int64_t s, a, i, q, h, q_lo, q_hi, offset
-    cdef floating *plane
+    cdef int64_t s, a
     for s in range(S):
-        offset = s * dw - pl
-        q_lo = _first_column(Q, sw, offset)
-        q_hi = _max(_end_column(W, Q, sw, offset), q_lo)
         for a in range(sh):
-            plane = out + (s * sh + a) * L
-            for i in range(Hph):
-                h = i * sh + a - pt
-                if h < 0 or h >= H:
-                    if not zeroed:
-                        memset(plane + i * Q, 0, Q * sizeof(floating))
-                    continue
-                if not zeroed:
-                    for q in range(q_lo):
-                        plane[i * Q + q] = 0
-                    for q in range(q_hi, Q):
-                        plane[i * Q + q] = 0
-                if sw == 1:
-                    memcpy(plane + i * Q + q_lo, xplane + h * W + q_lo + offset,
-                           (q_hi - q_lo) * sizeof(floating))
-                else:
-                    for q in range(q_lo, q_hi):
-                        plane[i * Q + q] = xplane[h * W + q * sw + offset]
-            if not zeroed:
-                memset(plane + Hph * Q, 0, (L - Hph * Q) * sizeof(floating))
+            _pack_plane(xplane, out + (s * sh + a) * L, H, W, sh, sw, a, pt, s * dw - pl, Hph,
+                        Q, L, zeroed)
 
 
 def pack_phases(const floating[:, :, :, ::1] x,  # IN  (N, C, H, W)
