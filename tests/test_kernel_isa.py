@@ -1,4 +1,6 @@
-"""Every run-time variant of the direct kernels (AVX-512, AVX2, baseline) is right.
+"""Every run-time variant of the direct and max-pooling kernels is right.
+
+AVX-512, AVX2 and the baseline ISA are each checked against the reference.
 
 The variant is chosen once at import, so each one runs in a subprocess with
 CONVKIT_ISA capping the choice.
@@ -16,7 +18,7 @@ import json
 import numpy as np
 import convkit
 from convkit import reference
-from convkit._lib import _conv
+from convkit._lib import _conv, _pool
 
 cases = [
     ((2, 3, 11, 9), (16, 3, 3, 3), dict(padding=1)),                     # K blocks of 8
@@ -44,7 +46,20 @@ for dtype in (np.float32, np.float64):
             err = float(np.max(np.abs(a - e)) / max(1.0, float(np.max(np.abs(e)))))
             assert err < tol, (dtype, xs, ws, kw, err)
             worst = max(worst, err)
-print(json.dumps({"isa": _conv.kernel_isa(), "worst": worst}))
+pool_cases = [((2, 3, 9, W), kw) for W in (5, 21, 70)
+              for kw in (dict(kernel_size=3, stride=2, padding=1), dict(kernel_size=(2, 3)),
+                         dict(kernel_size=3, stride=1, padding=1, dilation=(1, 2)))]
+for dtype in (np.float32, np.float64):
+    for xs, kw in pool_cases:
+        x = rng.integers(-2, 3, size=xs).astype(dtype)
+        x[rng.random(xs) < 0.1] = np.nan
+        x[rng.random(xs) < 0.3] = -np.inf
+        y, idx = convkit.max_pool2d(x, **kw, return_indices=True)
+        y_ref, idx_ref = reference.max_pool2d(x, **kw, return_indices=True)
+        np.testing.assert_array_equal(y, y_ref)
+        np.testing.assert_array_equal(idx, idx_ref)
+print(json.dumps({"isa": _conv.kernel_isa(), "pool_isa": _pool.pool_kernel_isa(),
+                  "worst": worst}))
 """
 
 
@@ -70,3 +85,4 @@ def test_direct_kernel_variant_matches_reference(cap, needs, tmp_path):
     report = json.loads(result.stdout.strip().splitlines()[-1])
     expected = {"baseline": "baseline", "avx2": "avx2", "": "avx512f"}[cap]
     assert report["isa"] == expected
+    assert report["pool_isa"] == expected

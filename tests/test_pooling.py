@@ -112,6 +112,37 @@ def test_max_pool2d_backward_matches_reference(case, dtype):
                  reference.max_pool2d_backward(grad_output, indices, shape), kind="grad")
 
 
+# Rows wide enough for every vector width of the row-pass kernel (16, 8 and 4
+# float32 lanes, overlapping last vectors) and for scalar leftovers.
+WIDE_ROWS = {f"W{W}-k{k}-s{s}-p{p}".replace(" ", ""): ((2, 2, 5, W), dict(kernel_size=k,
+                                                                          stride=s, padding=p))
+             for W in (3, 13, 37, 70, 113)
+             for k, s, p in [(3, 2, 1), (3, 1, 1), (2, 1, 0), ((2, 3), 2, (0, 1)),
+                             ((3, 5), 1, (1, 2)), (2, 2, 1), (3, (1, 2), 0)]}
+
+
+def mostly_minus_inf(shape, dtype, seed=0):
+    """-inf nearly everywhere, so whole windows (at the borders too) hold nothing else."""
+    rng = np.random.default_rng(seed)
+    x = np.full(shape, -np.inf, dtype)
+    u = rng.random(shape)
+    x[u < 0.03] = np.nan
+    x[u > 0.85] = rng.integers(-2, 3, size=int(np.sum(u > 0.85)))
+    return x
+
+
+@pytest.mark.parametrize("values", [normal_values, special_values, mostly_minus_inf],
+                         ids=["normal", "special", "minus_inf"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", list(WIDE_ROWS))
+def test_max_pool2d_wide_rows_match_reference(case, dtype, values):
+    shape, kwargs = WIDE_ROWS[case]
+    x = values(shape, dtype)
+    expected = reference.max_pool2d(x, **kwargs, return_indices=True)
+    assert_max_equal(convkit.max_pool2d(x, **kwargs, return_indices=True), expected)
+    np.testing.assert_array_equal(convkit.max_pool2d(x, **kwargs), expected[0])
+
+
 # ------------------------------------------------------------------ avg, grid
 
 @pytest.mark.parametrize("count_include_pad", [True, False], ids=["include_pad", "exclude_pad"])

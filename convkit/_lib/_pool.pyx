@@ -10,12 +10,13 @@ each is owned by one task, so backward passes accumulate without atomics and
 results do not depend on the thread count. Padding is implicit: taps outside
 the input are skipped.
 
-Two loop orders. "Taps": for each output row, each kernel tap updates the
-whole row, so the inner loop runs along q and vectorises (small kernels).
-"Windows": each output scans its own window row by row (kernels wider than
-the output, global pooling), where the taps order would loop over one q.
-Fast paths keep a whole window in registers while vectorising along q:
-kernel 2 stride 2 without padding, and max over 3x3 windows inside the input.
+Two loop orders for average pooling. "Taps": for each output row, each
+kernel tap updates the whole row, so the inner loop runs along q and
+vectorises (small kernels). "Windows": each output scans its own window row
+by row (kernels wider than the output, global pooling), where the taps order
+would loop over one q. Max pooling runs the row-pass kernel of _pool.h
+(horizontal maxima of each input row, then vertical maxima of R rows, on
+whole vectors of the CPU's widest ISA), or the windows order where S > Q.
 Max pooling follows PyTorch's CPU rule, taps in row-major window order:
 take ``v`` when ``v > max or isnan(v)``, so ties keep the first maximum and
 a NaN window reports its last NaN. A window starts at -inf pointing at its
@@ -28,6 +29,35 @@ from libc.stdint cimport INT32_MAX, int32_t, int64_t
 from libc.string cimport memset
 
 from convkit._lib._openmp cimport omp_get_thread_num
+
+
+cdef extern from "_pool.h" nogil:
+    ctypedef void (*pk_max_plane_f32_t)(const float *, float *, int64_t *, void *, int64_t,
+                                        int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                                        int64_t, int64_t, int64_t, int64_t, int64_t)
+    ctypedef void (*pk_max_plane_f64_t)(const double *, double *, int64_t *, void *, int64_t,
+                                        int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                                        int64_t, int64_t, int64_t, int64_t, int64_t)
+    ctypedef struct pk_kernels_t:
+        const char *isa
+        pk_max_plane_f32_t max_plane_f32
+        pk_max_plane_f64_t max_plane_f64
+    pk_kernels_t pk_kernels
+    void pk_select_kernels(const char *cap)
+    int64_t pk_max_scratch_layout(int64_t R, int64_t S, int64_t Q, int64_t W, int64_t sw,
+                                  int64_t pl, int64_t itemsize, int64_t *row_len,
+                                  int64_t *tag_at)
+
+import os as _os
+
+
+def _select_kernels():
+    """Pick the kernel variant for this CPU; CONVKIT_ISA=avx2|baseline caps it."""
+    cdef bytes cap = _os.environ.get("CONVKIT_ISA", "").strip().lower().encode()
+    pk_select_kernels(cap)
+
+
+_select_kernels()
 
 ctypedef fused floating:
     float
@@ -75,104 +105,6 @@ cdef inline floating _sum(const floating *a, int64_t n) noexcept nogil:
 
 # ---------------------------------------------------------------- max forward
 
-cdef inline void _max_tap(floating *m, const floating *xrow, int64_t lo, int64_t hi,
-                          int64_t sw, int64_t offset) noexcept nogil:
-    """m[q] = max(m[q], xrow[q*sw + offset]) for q in [lo, hi), PyTorch's NaN rule."""
-    cdef int64_t q
-    cdef floating v
-    cdef bint take
-    if sw == 1:
-        for q in range(lo, hi):
-            v = xrow[q + offset]
-            take = (v > m[q]) | (v != v)
-            m[q] = v if take else m[q]
-    else:
-        for q in range(lo, hi):
-            v = xrow[q * sw + offset]
-            take = (v > m[q]) | (v != v)
-            m[q] = v if take else m[q]
-
-
-cdef inline void _argmax_tap(floating *m, int32_t *tap, const floating *xrow, int32_t t,
-                             int64_t lo, int64_t hi, int64_t sw,
-                             int64_t offset) noexcept nogil:
-    """_max_tap that also records t, the tap's offset in its window, where it takes the value."""
-    cdef int64_t q
-    cdef floating v
-    cdef bint take
-    if sw == 1:
-        for q in range(lo, hi):
-            v = xrow[q + offset]
-            take = (v > m[q]) | (v != v)
-            m[q] = v if take else m[q]
-            tap[q] = t if take else tap[q]
-    else:
-        for q in range(lo, hi):
-            v = xrow[q * sw + offset]
-            take = (v > m[q]) | (v != v)
-            m[q] = v if take else m[q]
-            tap[q] = t if take else tap[q]
-
-
-cdef void _max_plane_taps(const floating *x, floating *y, int64_t *idx, int32_t *tap,
-                          int64_t H, int64_t W, int64_t P, int64_t Q, int64_t R, int64_t S,
-                          int64_t sh, int64_t sw, int64_t pt, int64_t pl, int64_t dh,
-                          int64_t dw) noexcept nogil:
-    """One plane, taps order; indices too when idx is not NULL.
-
-    ``tap`` (Q int32) holds each winner's offset r*dh*W + s*dw from its
-    window's corner: int32 lanes, as wide as float32's, keep the selects
-    vectorised; the caller ensures the offsets fit.
-    """
-    cdef int64_t p, q, r, s, r_lo, r_hi, s_lo, s_hi, ih, offset, row_base
-    cdef bint fused_3x3 = R == 3 and S == 3 and dh == 1 and dw == 1
-    cdef floating *yrow
-    for p in range(P):
-        yrow = y + p * Q
-        _valid_range(H, R, dh, p * sh - pt, &r_lo, &r_hi)
-        if fused_3x3 and r_hi - r_lo == 3:
-            # the columns whose three taps lie inside the input, then the border ones
-            _valid_range(W - 2, Q, sw, -pl, &s_lo, &s_hi)
-            # inlined with a constant stride where it is 1 or 2: contiguous or paired loads
-            if sw == 2:
-                _max_row_3x3(x, yrow, idx + p * Q if idx != NULL else NULL, tap, W, s_lo,
-                             s_hi, 2, (p * sh - pt) * W - pl)
-            elif sw == 1:
-                _max_row_3x3(x, yrow, idx + p * Q if idx != NULL else NULL, tap, W, s_lo,
-                             s_hi, 1, (p * sh - pt) * W - pl)
-            else:
-                _max_row_3x3(x, yrow, idx + p * Q if idx != NULL else NULL, tap, W, s_lo,
-                             s_hi, sw, (p * sh - pt) * W - pl)
-            for q in range(s_lo):
-                _max_window(x, yrow + q, idx + p * Q + q if idx != NULL else NULL,
-                            H, W, R, S, dh, dw, p * sh - pt, q * sw - pl)
-            for q in range(s_hi, Q):
-                _max_window(x, yrow + q, idx + p * Q + q if idx != NULL else NULL,
-                            H, W, R, S, dh, dw, p * sh - pt, q * sw - pl)
-            continue
-        for q in range(Q):
-            yrow[q] = -INFINITY
-        if idx != NULL:
-            for q in range(Q):
-                offset = q * sw - pl
-                s_lo = (-offset + dw - 1) // dw if offset < 0 else 0
-                tap[q] = <int32_t> (r_lo * dh * W + s_lo * dw)
-        for r in range(r_lo, r_hi):
-            ih = p * sh - pt + r * dh
-            for s in range(S):
-                offset = s * dw - pl
-                _valid_range(W, Q, sw, offset, &s_lo, &s_hi)
-                if idx == NULL:
-                    _max_tap(yrow, x + ih * W, s_lo, s_hi, sw, offset)
-                else:
-                    _argmax_tap(yrow, tap, x + ih * W, <int32_t> (r * dh * W + s * dw),
-                                s_lo, s_hi, sw, offset)
-        if idx != NULL:
-            row_base = (p * sh - pt) * W - pl
-            for q in range(Q):
-                idx[p * Q + q] = row_base + q * sw + tap[q]
-
-
 cdef inline void _max_window(const floating *x, floating *y, int64_t *idx, int64_t H,
                              int64_t W, int64_t R, int64_t S, int64_t dh, int64_t dw,
                              int64_t ih0, int64_t iw0) noexcept nogil:
@@ -204,85 +136,6 @@ cdef void _max_plane_windows(const floating *x, floating *y, int64_t *idx, int64
         for q in range(Q):
             _max_window(x, y + p * Q + q, idx + p * Q + q if idx != NULL else NULL,
                         H, W, R, S, dh, dw, p * sh - pt, q * sw - pl)
-
-
-cdef inline void _max_row_3x3(const floating *x, floating *yrow, int64_t *idxrow, int32_t *offset,
-                              int64_t W, int64_t q_lo, int64_t q_hi, int64_t sw,
-                              int64_t corner) noexcept nogil:
-    """Outputs [q_lo, q_hi) of a row of 3x3 windows lying inside the input.
-
-    Window q's corner is x[corner + q*sw]; its nine taps stay in registers
-    (one pass instead of nine over the row). With indices, the winner's
-    offset in its window goes to the int32 row ``offset`` first, as in
-    _max_plane_2x2.
-    """
-    cdef int64_t q
-    cdef int32_t t, W32 = <int32_t> W
-    cdef const floating *a = x + corner
-    cdef const floating *b = a + W
-    cdef const floating *c = b + W
-    cdef floating m, v
-    cdef bint take
-    if idxrow == NULL:
-        for q in range(q_lo, q_hi):
-            m = a[q * sw]
-            v = a[q * sw + 1]
-            m = v if (v > m) | (v != v) else m
-            v = a[q * sw + 2]
-            m = v if (v > m) | (v != v) else m
-            v = b[q * sw]
-            m = v if (v > m) | (v != v) else m
-            v = b[q * sw + 1]
-            m = v if (v > m) | (v != v) else m
-            v = b[q * sw + 2]
-            m = v if (v > m) | (v != v) else m
-            v = c[q * sw]
-            m = v if (v > m) | (v != v) else m
-            v = c[q * sw + 1]
-            m = v if (v > m) | (v != v) else m
-            v = c[q * sw + 2]
-            m = v if (v > m) | (v != v) else m
-            yrow[q] = m
-        return
-    for q in range(q_lo, q_hi):
-        m = a[q * sw]
-        t = 0
-        v = a[q * sw + 1]
-        take = (v > m) | (v != v)
-        m = v if take else m
-        t = 1 if take else t
-        v = a[q * sw + 2]
-        take = (v > m) | (v != v)
-        m = v if take else m
-        t = 2 if take else t
-        v = b[q * sw]
-        take = (v > m) | (v != v)
-        m = v if take else m
-        t = W32 if take else t
-        v = b[q * sw + 1]
-        take = (v > m) | (v != v)
-        m = v if take else m
-        t = W32 + 1 if take else t
-        v = b[q * sw + 2]
-        take = (v > m) | (v != v)
-        m = v if take else m
-        t = W32 + 2 if take else t
-        v = c[q * sw]
-        take = (v > m) | (v != v)
-        m = v if take else m
-        t = 2 * W32 if take else t
-        v = c[q * sw + 1]
-        take = (v > m) | (v != v)
-        m = v if take else m
-        t = 2 * W32 + 1 if take else t
-        v = c[q * sw + 2]
-        take = (v > m) | (v != v)
-        m = v if take else m
-        t = 2 * W32 + 2 if take else t
-        yrow[q] = m
-        offset[q] = t
-    for q in range(q_lo, q_hi):
-        idxrow[q] = corner + q * sw + offset[q]
 
 
 cdef void _max_plane_2x2(const floating *x, floating *y, int64_t *idx, int32_t *offset,
@@ -334,10 +187,22 @@ cdef void _max_plane_2x2(const floating *x, floating *y, int64_t *idx, int32_t *
                 idx[p * Q + q] = 2 * p * W + 2 * q + offset[q]
 
 
+def max_scratch_bytes(int64_t R, int64_t S, int64_t Q, int64_t W, int64_t sw, int64_t pl,
+                      int64_t itemsize):
+    """Bytes of per-thread scratch max_forward needs (int32 rows for kernel 2 stride 2)."""
+    cdef int64_t row_len, tag_at
+    return max(pk_max_scratch_layout(R, S, Q, W, sw, pl, itemsize, &row_len, &tag_at), 4 * Q)
+
+
+def pool_kernel_isa():
+    """Instruction set of the max-pooling kernel chosen for this CPU at import."""
+    return pk_kernels.isa.decode()
+
+
 def max_forward(const floating[:, :, :, ::1] x,     # IN  (N, C, H, W)
                 floating[:, :, :, ::1] y,           # OUT (N, C, P, Q)
                 int64_t[:, :, :, ::1] indices,      # OUT (N, C, P, Q) flat in H*W, or None
-                int32_t[:, ::1] tap_scratch,        # (n_threads, Q), used with indices
+                unsigned char[:, ::1] scratch,      # (n_threads, max_scratch_bytes(R, Q, .))
                 int64_t R, int64_t S, int64_t sh, int64_t sw, int64_t pt, int64_t pl,
                 int64_t dh, int64_t dw, int n_threads):
     cdef int64_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
@@ -347,7 +212,7 @@ def max_forward(const floating[:, :, :, ::1] x,     # IN  (N, C, H, W)
     cdef bint fast_2x2 = (R == 2 and S == 2 and sh == 2 and sw == 2 and pt == 0 and pl == 0
                           and dh == 1 and dw == 1 and 2 * P <= H and 2 * Q <= W
                           and W < INT32_MAX)
-    # the taps order keeps window offsets in int32
+    # the row passes keep float32 winners' window offsets in int32
     cdef bint windows_order = S > Q or (R - 1) * dh * W + (S - 1) * dw > INT32_MAX
     cdef const floating *xp = &x[0, 0, 0, 0]
     cdef floating *yp = &y[0, 0, 0, 0]
@@ -357,14 +222,18 @@ def max_forward(const floating[:, :, :, ::1] x,     # IN  (N, C, H, W)
         plane_idx = ip + plane * P * Q if with_indices else NULL
         if fast_2x2:
             _max_plane_2x2(xp + plane * H * W, yp + plane * P * Q, plane_idx,
-                           &tap_scratch[omp_get_thread_num(), 0], W, P, Q)
+                           <int32_t *> &scratch[omp_get_thread_num(), 0], W, P, Q)
         elif windows_order:
             _max_plane_windows(xp + plane * H * W, yp + plane * P * Q, plane_idx,
                                H, W, P, Q, R, S, sh, sw, pt, pl, dh, dw)
+        elif floating is float:
+            pk_kernels.max_plane_f32(xp + plane * H * W, yp + plane * P * Q, plane_idx,
+                                     &scratch[omp_get_thread_num(), 0],
+                                     H, W, P, Q, R, S, sh, sw, pt, pl, dh, dw)
         else:
-            _max_plane_taps(xp + plane * H * W, yp + plane * P * Q, plane_idx,
-                            &tap_scratch[omp_get_thread_num(), 0],
-                            H, W, P, Q, R, S, sh, sw, pt, pl, dh, dw)
+            pk_kernels.max_plane_f64(xp + plane * H * W, yp + plane * P * Q, plane_idx,
+                                     &scratch[omp_get_thread_num(), 0],
+                                     H, W, P, Q, R, S, sh, sw, pt, pl, dh, dw)
 
 
 # --------------------------------------------------------------- max backward
