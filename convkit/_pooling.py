@@ -71,9 +71,9 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
     indices = np.empty(g.output_shape, dtype=np.int64) if return_indices else None
     if y.size:
         n_threads = _threads.threads_for(y.size * g.R * g.S)
-        scratch = np.empty((n_threads, _pool.max_scratch_bytes(
-            g.R, g.S, g.Q, g.W, g.stride[1], g.padding[1][0], x.itemsize)),
-                           dtype=np.uint8)
+        scratch_bytes = _pool.max_scratch_bytes(g.R, g.S, g.Q, g.W, g.stride[1],
+                                                g.padding[1][0], g.dilation[1], x.itemsize)
+        scratch = np.empty((n_threads, scratch_bytes), dtype=np.uint8)
         _pool.max_forward(contiguous(x), y, indices, scratch, *_max_kernel_args(g),
                           n_threads)
     return (y, indices) if return_indices else y

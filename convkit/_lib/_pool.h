@@ -35,19 +35,20 @@
 #define PK_X86 0
 #endif
 
-/* Per-thread scratch of pk_max_plane_*: one input row padded with -inf
- * (*row_len elements, from the start), then R ring rows of maxima and of
- * winners, one row of winners, and R row tags (int64, from byte *tag_at). */
+/* Per-thread scratch of pk_max_plane_*: one input row between pads
+ * (*row_len elements), -inf in its pads and in a slack that covers vector
+ * reads past the last window; R ring rows of maxima and of winners; a row
+ * of winners and R row offsets; then, from byte *tag_at, R row tags (int64)
+ * and 2R row pointers. */
 static int64_t pk_max_scratch_layout(int64_t R, int64_t S, int64_t Q, int64_t W, int64_t sw,
-                                     int64_t pl, int64_t itemsize, int64_t *row_len,
-                                     int64_t *tag_at)
+                                     int64_t pl, int64_t dw, int64_t itemsize,
+                                     int64_t *row_len, int64_t *tag_at)
 {
-    int64_t span = (Q - 1) * sw + S, len = pl + W > span ? pl + W : span;
-    /* slack for vector reads past the last window (two 64-byte vectors) */
-    len += 128 / itemsize;
-    *row_len = len;
-    *tag_at = (((len + 2 * R * Q + Q) * itemsize + 7) / 8) * 8;
-    return *tag_at + 8 * R + 64;
+    int64_t span = (Q - 1) * sw + (S - 1) * dw + 1, len = pl + W > span ? pl + W : span;
+    /* slack: two 64-byte vectors */
+    *row_len = len + 128 / itemsize;
+    *tag_at = (((*row_len + 2 * R * Q + Q + R) * itemsize + 7) / 8) * 8;
+    return *tag_at + 8 * R + 2 * (int64_t)sizeof(void *) * R + 64;
 }
 
 /* [lo, hi): the i in [0, count) with i*step + offset in [0, size). */
@@ -67,31 +68,26 @@ static inline void pk_valid_range(int64_t size, int64_t count, int64_t step, int
 }
 
 /*
- * Row passes on vectors of VBYTES: PREFIX##_h computes horizontal maxima
- * hv[q] (winning column s*dw in ht[q]) of input row xr for the outputs
- * [q, q_hi) whose windows lie inside the row, as far as whole vectors
- * reach without reading past the row's end; the last vector overlaps the
- * one before rather than leaving a tail. It returns the first output it
- * left. PREFIX##_v folds one row of maxima (hv, ht + roff) into the output
- * row (y, mt) over [q, q_hi), the same way; folding twice changes nothing,
- * so overlapping vectors are safe.
+ * Row passes on vectors of VBYTES, over outputs [q, q_hi) when at least one
+ * whole vector fits (the last vector overlaps the one before rather than
+ * leaving a tail); each returns the first output it left (q_hi, or q).
+ *
+ * PREFIX##_h: horizontal maxima hv[q] of a padded row xr (window q starts at
+ * xr[q*sw]; the padding after the row covers every vector's reads), and the
+ * winning column s in ht[q] when with_idx. dw == 1, sw is 1 or 2.
+ * PREFIX##_v: vertical maxima of n rows of maxima (hr[k], winners tr[k] +
+ * roff[k]) into the output row y (winners' offsets in mt).
  */
 #define PK_DEFINE_ROW_PASSES(PREFIX, T, IT, VBYTES, ATTR)                               \
-    ATTR static inline __attribute__((always_inline)) int64_t PREFIX##_h_impl(          \
-        const T *xr, T *hv, IT *ht, int64_t W, int64_t S, int64_t sw, int64_t pl,       \
-        int64_t q, int64_t q_hi, int with_idx)                                          \
+    ATTR static inline __attribute__((always_inline)) int64_t PREFIX##_h(               \
+        const T *xr, T *hv, IT *ht, int64_t S, int64_t sw, int64_t q, int64_t q_hi,     \
+        int with_idx)                                                                   \
     {                                                                                   \
         typedef T V __attribute__((vector_size(VBYTES)));                               \
         typedef IT IV __attribute__((vector_size(VBYTES)));                             \
         enum { VL = VBYTES / sizeof(T) };                                               \
         IV even, odd;                                                                   \
-        int64_t l, s, q_max, last;                                                      \
-        /* the last element a vector starting at output q reads: q*sw - pl + reach */   \
-        int64_t reach = sw == 1 ? S - 1 + VL - 1 : ((S - 1) & ~(int64_t)1) + 2 * VL - 1; \
-        if (W - 1 - reach + pl < 0)                                                     \
-            return q;                                                                   \
-        last = (W - 1 - reach + pl) / sw;                                               \
-        q_max = q_hi - VL < last ? q_hi - VL : last;                                    \
+        int64_t l, s, q_max = q_hi - VL;                                                \
         if (q_max < q)                                                                  \
             return q;                                                                   \
         for (l = 0; l < VL; l++) {                                                      \
@@ -104,7 +100,7 @@ static inline void pk_valid_range(int64_t size, int64_t count, int64_t step, int
             IV t = {0}, take;                                                           \
             if (q > q_max)                                                              \
                 q = q_max;                                                              \
-            base = xr + q * sw - pl;                                                    \
+            base = xr + q * sw;                                                         \
             if (sw == 1) {                                                              \
                 memcpy(&m, base, sizeof(V));                                            \
             } else {                                                                    \
@@ -131,200 +127,189 @@ static inline void pk_valid_range(int64_t size, int64_t count, int64_t step, int
             if (with_idx)                                                               \
                 memcpy(ht + q, &t, sizeof(IV));                                         \
             if (q == q_max)                                                             \
-                return q_max + VL;                                                      \
+                return q_hi;                                                            \
         }                                                                               \
     }                                                                                   \
-    /* constant (S, sw, with_idx) for the common kernels, so their taps unroll */     \
-    ATTR static int64_t PREFIX##_h(const T *xr, T *hv, IT *ht, int64_t W, int64_t S,     \
-                                   int64_t sw, int64_t pl, int64_t q, int64_t q_hi,      \
-                                   int with_idx)                                         \
-    {                                                                                   \
-        if (S == 3 && sw == 2)                                                          \
-            return with_idx ? PREFIX##_h_impl(xr, hv, ht, W, 3, 2, pl, q, q_hi, 1)      \
-                            : PREFIX##_h_impl(xr, hv, ht, W, 3, 2, pl, q, q_hi, 0);     \
-        if (S == 2 && sw == 2)                                                          \
-            return with_idx ? PREFIX##_h_impl(xr, hv, ht, W, 2, 2, pl, q, q_hi, 1)      \
-                            : PREFIX##_h_impl(xr, hv, ht, W, 2, 2, pl, q, q_hi, 0);     \
-        if (S == 3 && sw == 1)                                                          \
-            return with_idx ? PREFIX##_h_impl(xr, hv, ht, W, 3, 1, pl, q, q_hi, 1)      \
-                            : PREFIX##_h_impl(xr, hv, ht, W, 3, 1, pl, q, q_hi, 0);     \
-        if (sw == 2)                                                                    \
-            return PREFIX##_h_impl(xr, hv, ht, W, S, 2, pl, q, q_hi, 1);                \
-        return PREFIX##_h_impl(xr, hv, ht, W, S, 1, pl, q, q_hi, 1);                    \
-    }                                                                                   \
-    ATTR static inline __attribute__((always_inline)) int64_t PREFIX##_v_impl(          \
-        T *y, IT *mt, const T *hv, const IT *ht, IT roff, int64_t q, int64_t q_hi,      \
-        int with_idx)                                                                   \
+    ATTR static inline __attribute__((always_inline)) int64_t PREFIX##_v(               \
+        T *y, IT *mt, T *const *hr, IT *const *tr, const IT *roff, int64_t n,           \
+        int64_t q, int64_t q_hi, int with_idx)                                          \
     {                                                                                   \
         typedef T V __attribute__((vector_size(VBYTES)));                               \
         typedef IT IV __attribute__((vector_size(VBYTES)));                             \
         enum { VL = VBYTES / sizeof(T) };                                               \
-        int64_t q_max = q_hi - VL;                                                      \
+        int64_t k, q_max = q_hi - VL;                                                   \
         if (q_max < q)                                                                  \
             return q;                                                                   \
         for (;; q += VL) {                                                              \
             V m, v;                                                                     \
-            IV t, vt, take;                                                             \
+            IV t = {0}, vt, take;                                                       \
             if (q > q_max)                                                              \
                 q = q_max;                                                              \
-            memcpy(&m, y + q, sizeof(V));                                               \
-            memcpy(&v, hv + q, sizeof(V));                                              \
-            take = (v > m) | (v != v);                                                  \
-            m = (V)(((IV)v & take) | ((IV)m & ~take));                                  \
-            memcpy(y + q, &m, sizeof(V));                                               \
+            memcpy(&m, hr[0] + q, sizeof(V));                                           \
             if (with_idx) {                                                             \
-                memcpy(&t, mt + q, sizeof(IV));                                         \
-                memcpy(&vt, ht + q, sizeof(IV));                                        \
-                t = ((vt + roff) & take) | (t & ~take);                                 \
-                memcpy(mt + q, &t, sizeof(IV));                                         \
+                memcpy(&t, tr[0] + q, sizeof(IV));                                      \
+                t += roff[0];                                                           \
             }                                                                           \
+            for (k = 1; k < n; k++) {                                                   \
+                memcpy(&v, hr[k] + q, sizeof(V));                                       \
+                take = (v > m) | (v != v);                                              \
+                m = (V)(((IV)v & take) | ((IV)m & ~take));                              \
+                if (with_idx) {                                                         \
+                    memcpy(&vt, tr[k] + q, sizeof(IV));                                 \
+                    t = ((vt + roff[k]) & take) | (t & ~take);                          \
+                }                                                                       \
+            }                                                                           \
+            memcpy(y + q, &m, sizeof(V));                                               \
+            if (with_idx)                                                               \
+                memcpy(mt + q, &t, sizeof(IV));                                         \
             if (q == q_max)                                                             \
-                return q_max + VL;                                                      \
+                return q_hi;                                                            \
         }                                                                               \
-    }                                                                                   \
-    ATTR static int64_t PREFIX##_v(T *y, IT *mt, const T *hv, const IT *ht, IT roff,     \
-                                   int64_t q, int64_t q_hi, int with_idx)               \
-    {                                                                                   \
-        return with_idx ? PREFIX##_v_impl(y, mt, hv, ht, roff, q, q_hi, 1)              \
-                        : PREFIX##_v_impl(y, mt, hv, ht, roff, q, q_hi, 0);             \
     }
 
 /*
  * NAME(x, y, idx, scratch, H, W, P, Q, R, S, sh, sw, pt, pl, dh, dw):
  * one (H, W) plane x -> one (P, Q) plane y, and the flat positions of the
  * winners in idx unless it is NULL. Every output row must have at least one
- * window row inside the input (the caller's geometry ensures it). The row
- * passes run at widths P1 (widest), P2 and P3 (narrower, for what is left),
- * then one output at a time.
+ * window row inside the input, and every window a column inside it (the
+ * caller's geometry ensures both). NAME##_impl is inlined with constant
+ * (S, sw, with_idx) for the common kernels, so their taps unroll. The row
+ * passes run at widths P1 (widest), P2 and P3 (narrower, for what is
+ * left), then one output at a time.
  */
 #define PK_DEFINE_MAX_PLANE(NAME, T, IT, P1, P2, P3, ATTR)                              \
-    ATTR static void NAME(const T *x, T *y, int64_t *idx, void *scratch, int64_t H,     \
-                          int64_t W, int64_t P, int64_t Q, int64_t R, int64_t S,        \
-                          int64_t sh, int64_t sw, int64_t pt, int64_t pl, int64_t dh,   \
-                          int64_t dw)                                                   \
+    ATTR static inline __attribute__((always_inline)) void NAME##_impl(                 \
+        const T *x, T *y, int64_t *idx, void *scratch, int64_t H, int64_t W, int64_t P, \
+        int64_t Q, int64_t R, int64_t S, int64_t sh, int64_t sw, int64_t pt,            \
+        int64_t pl, int64_t dh, int64_t dw, int wi)                                     \
     {                                                                                   \
         int64_t row_len, tag_at;                                                        \
         T *prow = (T *)scratch, *hval;                                                  \
-        IT *htap, *mtap;                                                                \
+        IT *htap, *mtap, *roff;                                                         \
+        T **hr;                                                                         \
+        IT **tr;                                                                        \
         int64_t *tag;                                                                   \
-        int64_t p, q, r, s, r_lo, r_hi, ih;                                             \
-        /* output columns whose windows lie inside the row */                           \
-        int64_t q_in_lo, q_in_hi;                                                       \
-        int vec = dw == 1 && (sw == 1 || sw == 2), wi = idx != NULL;                    \
-        pk_max_scratch_layout(R, S, Q, W, sw, pl, sizeof(T), &row_len, &tag_at);         \
+        int64_t p, q, r, s, r_lo, r_hi, ih, q_left;                                     \
+        int vec = dw == 1 && (sw == 1 || sw == 2);                                      \
+        pk_max_scratch_layout(R, S, Q, W, sw, pl, dw, sizeof(T), &row_len, &tag_at);     \
         hval = prow + row_len;                                                          \
         htap = (IT *)(hval + R * Q);                                                    \
         mtap = htap + R * Q;                                                            \
+        roff = mtap + Q;                                                                \
         tag = (int64_t *)((char *)scratch + tag_at);                                    \
-        pk_valid_range(W - (S - 1) * dw, Q, sw, -pl, &q_in_lo, &q_in_hi);               \
-        (void)q_in_hi;                                                                  \
+        hr = (T **)(tag + R);                                                           \
+        tr = (IT **)(hr + R);                                                           \
+        /* outputs whose windows start in the left padding */                           \
+        q_left = pl > 0 ? (pl + sw - 1) / sw : 0;                                       \
+        q_left = q_left < Q ? q_left : Q;                                               \
         for (r = 0; r < R; r++)                                                         \
             tag[r] = -1;                                                                \
-        if (vec) {                                                                      \
-            /* row pads: padding never wins a window that has an input cell */          \
-            for (q = 0; q < pl; q++)                                                    \
-                prow[q] = -INFINITY;                                                    \
-            for (q = pl + W; q < row_len; q++)                                          \
-                prow[q] = -INFINITY;                                                    \
-        }                                                                               \
+        /* pads: a pad never wins a window that has an input cell */                    \
+        for (q = 0; q < pl; q++)                                                        \
+            prow[q] = -INFINITY;                                                        \
+        for (q = pl + W; q < row_len; q++)                                              \
+            prow[q] = -INFINITY;                                                        \
         for (p = 0; p < P; p++) {                                                       \
-            int64_t ih0 = p * sh - pt, first = 1;                                       \
-            T *yrow = y + p * Q;                                                        \
+            int64_t ih0 = p * sh - pt, n = 0;                                           \
+            int64_t slot = 0;                                                           \
             pk_valid_range(H, R, dh, ih0, &r_lo, &r_hi);                                \
-            for (r = r_lo; r < r_hi; r++) {                                             \
-                int64_t slot;                                                           \
+            /* rows ih of one output row land in distinct slots (ih/dh) % R; rows */    \
+            /* shared with the output row before are found where they were left */      \
+            if (r_lo < r_hi)                                                            \
+                slot = ((ih0 + r_lo * dh) / dh) % R;                                    \
+            for (r = r_lo; r < r_hi; r++, n++, slot = slot + 1 == R ? 0 : slot + 1) {   \
                 T *hv;                                                                  \
-                IT *ht, roff = (IT)(r * dh * W);                                        \
+                IT *ht;                                                                 \
+                const T *xr;                                                            \
                 ih = ih0 + r * dh;                                                      \
-                if (R <= 8) {                                                           \
-                    /* rows come in increasing order: reuse a match, else the oldest */ \
-                    int64_t k;                                                          \
-                    slot = 0;                                                           \
-                    for (k = 0; k < R; k++) {                                           \
-                        if (tag[k] == ih) {                                             \
-                            slot = k;                                                   \
-                            break;                                                      \
-                        }                                                               \
-                        if (tag[k] < tag[slot])                                         \
-                            slot = k;                                                   \
-                    }                                                                   \
-                } else {                                                                \
-                    slot = ih % R;                                                      \
-                }                                                                       \
                 hv = hval + slot * Q;                                                   \
                 ht = htap + slot * Q;                                                   \
-                if (tag[slot] != ih) {                                                  \
-                    /* horizontal pass over input row ih */                             \
-                    const T *xr = x + ih * W;                                           \
-                    tag[slot] = ih;                                                     \
-                    if (vec) {                                                          \
-                        /* the row between -inf pads: every window is whole */          \
-                        memcpy(prow + pl, xr, W * sizeof(T));                           \
-                        q = P1##_h(prow, hv, ht, row_len, S, sw, 0, 0, Q, wi);          \
-                        q = P2##_h(prow, hv, ht, row_len, S, sw, 0, q, Q, wi);          \
-                        q = P3##_h(prow, hv, ht, row_len, S, sw, 0, q, Q, wi);          \
-                        for (; q < Q; q++) {                                            \
-                            T m = prow[q * sw], v;                                      \
-                            IT t = 0;                                                   \
-                            for (s = 1; s < S; s++) {                                   \
-                                v = prow[q * sw + s];                                   \
-                                if (v > m || v != v) {                                  \
-                                    m = v;                                              \
-                                    t = (IT)s;                                          \
-                                }                                                       \
-                            }                                                           \
-                            hv[q] = m;                                                  \
-                            ht[q] = t;                                                  \
-                        }                                                               \
-                        /* a pad cell "wins" only a window of -inf: name its first */   \
-                        /* input cell instead, as the row-major scan does */            \
-                        for (q = 0; wi && q < q_in_lo; q++)                             \
-                            if (ht[q] < pl - q * sw)                                    \
-                                ht[q] = (IT)(pl - q * sw);                              \
-                    }                                                                   \
-                    for (q = 0; !vec && q < Q; q++) {                                   \
-                        int64_t s_lo, s_hi, c0 = q * sw - pl;                           \
-                        T m = -INFINITY, v;                                             \
-                        IT t;                                                           \
-                        int take;                                                       \
-                        pk_valid_range(W, S, dw, c0, &s_lo, &s_hi);                     \
-                        t = (IT)(s_lo * dw);                                            \
-                        for (s = s_lo; s < s_hi; s++) {                                 \
-                            v = xr[c0 + s * dw];                                        \
-                            take = (v > m) | (v != v);                                  \
-                            m = take ? v : m;                                           \
-                            t = take ? (IT)(s * dw) : t;                                \
-                        }                                                               \
-                        hv[q] = m;                                                      \
-                        ht[q] = t;                                                      \
-                    }                                                                   \
-                }                                                                       \
-                /* vertical pass: fold row r into the output row */                     \
-                if (first) {                                                            \
-                    memcpy(yrow, hv, Q * sizeof(T));                                    \
-                    if (wi)                                                             \
-                        for (q = 0; q < Q; q++)                                         \
-                            mtap[q] = ht[q] + roff;                                     \
-                    first = 0;                                                          \
+                hr[n] = hv;                                                             \
+                tr[n] = ht;                                                             \
+                roff[n] = (IT)(r * dh * W);                                             \
+                if (tag[slot] == ih)                                                    \
                     continue;                                                           \
+                tag[slot] = ih;                                                         \
+                /* horizontal pass over input row ih, between its pads */               \
+                xr = prow;                                                              \
+                memcpy(prow + pl, x + ih * W, W * sizeof(T));                           \
+                q = 0;                                                                  \
+                if (vec) {                                                              \
+                    q = P1##_h(xr, hv, ht, S, sw, q, Q, wi);                            \
+                    q = P2##_h(xr, hv, ht, S, sw, q, Q, wi);                            \
+                    q = P3##_h(xr, hv, ht, S, sw, q, Q, wi);                            \
                 }                                                                       \
-                q = P1##_v(yrow, mtap, hv, ht, roff, 0, Q, wi);                         \
-                q = P2##_v(yrow, mtap, hv, ht, roff, q, Q, wi);                         \
-                q = P3##_v(yrow, mtap, hv, ht, roff, q, Q, wi);                         \
                 for (; q < Q; q++) {                                                    \
-                    T v = hv[q];                                                        \
-                    int take = (v > yrow[q]) | (v != v);                                \
-                    yrow[q] = take ? v : yrow[q];                                       \
-                    if (wi)                                                             \
-                        mtap[q] = take ? ht[q] + roff : mtap[q];                        \
+                    T m = xr[q * sw], v;                                                \
+                    IT t = 0;                                                           \
+                    for (s = 1; s < S; s++) {                                           \
+                        v = xr[q * sw + s * dw];                                        \
+                        if (v > m || v != v) {                                          \
+                            m = v;                                                      \
+                            t = (IT)(s * dw);                                           \
+                        }                                                               \
+                    }                                                                   \
+                    hv[q] = m;                                                          \
+                    ht[q] = t;                                                          \
+                }                                                                       \
+                /* a pad "wins" only a window of -inf: name its first input */          \
+                /* cell instead, as the row-major scan does */                          \
+                for (q = 0; wi && q < q_left; q++) {                                    \
+                    int64_t first = (pl - q * sw + dw - 1) / dw * dw;                   \
+                    if (ht[q] < first)                                                  \
+                        ht[q] = (IT)first;                                              \
                 }                                                                       \
             }                                                                           \
-            if (idx != NULL) {                                                          \
+            /* vertical pass over the n rows */                                         \
+            q = P1##_v(y + p * Q, mtap, hr, tr, roff, n, 0, Q, wi);                     \
+            q = P2##_v(y + p * Q, mtap, hr, tr, roff, n, q, Q, wi);                     \
+            q = P3##_v(y + p * Q, mtap, hr, tr, roff, n, q, Q, wi);                     \
+            for (; q < Q; q++) {                                                        \
+                T m = hr[0][q], v;                                                      \
+                IT t = tr[0][q] + roff[0];                                              \
+                int64_t k;                                                              \
+                for (k = 1; k < n; k++) {                                               \
+                    v = hr[k][q];                                                       \
+                    if (v > m || v != v) {                                              \
+                        m = v;                                                          \
+                        t = tr[k][q] + roff[k];                                         \
+                    }                                                                   \
+                }                                                                       \
+                y[p * Q + q] = m;                                                       \
+                mtap[q] = t;                                                            \
+            }                                                                           \
+            if (wi) {                                                                   \
                 int64_t *irow = idx + p * Q, corner = ih0 * W - pl;                     \
                 for (q = 0; q < Q; q++)                                                 \
                     irow[q] = corner + q * sw + (int64_t)mtap[q];                       \
             }                                                                           \
         }                                                                               \
+    }                                                                                   \
+    ATTR static void NAME(const T *x, T *y, int64_t *idx, void *scratch, int64_t H,     \
+                          int64_t W, int64_t P, int64_t Q, int64_t R, int64_t S,        \
+                          int64_t sh, int64_t sw, int64_t pt, int64_t pl, int64_t dh,   \
+                          int64_t dw)                                                   \
+    {                                                                                   \
+        int wi = idx != NULL;                                                           \
+        if (dw == 1 && S == 3 && sw == 2 && wi)                                         \
+            NAME##_impl(x, y, idx, scratch, H, W, P, Q, R, 3, sh, 2, pt, pl, dh, 1, 1); \
+        else if (dw == 1 && S == 3 && sw == 2)                                          \
+            NAME##_impl(x, y, idx, scratch, H, W, P, Q, R, 3, sh, 2, pt, pl, dh, 1, 0); \
+        else if (dw == 1 && S == 3 && sw == 1 && wi)                                    \
+            NAME##_impl(x, y, idx, scratch, H, W, P, Q, R, 3, sh, 1, pt, pl, dh, 1, 1); \
+        else if (dw == 1 && S == 3 && sw == 1)                                          \
+            NAME##_impl(x, y, idx, scratch, H, W, P, Q, R, 3, sh, 1, pt, pl, dh, 1, 0); \
+        else if (dw == 1 && S == 2 && sw == 2 && wi)                                    \
+            NAME##_impl(x, y, idx, scratch, H, W, P, Q, R, 2, sh, 2, pt, pl, dh, 1, 1); \
+        else if (dw == 1 && S == 2 && sw == 2)                                          \
+            NAME##_impl(x, y, idx, scratch, H, W, P, Q, R, 2, sh, 2, pt, pl, dh, 1, 0); \
+        else if (dw == 1 && S == 2 && sw == 1 && wi)                                    \
+            NAME##_impl(x, y, idx, scratch, H, W, P, Q, R, 2, sh, 1, pt, pl, dh, 1, 1); \
+        else if (dw == 1 && S == 2 && sw == 1)                                          \
+            NAME##_impl(x, y, idx, scratch, H, W, P, Q, R, 2, sh, 1, pt, pl, dh, 1, 0); \
+        else                                                                            \
+            NAME##_impl(x, y, idx, scratch, H, W, P, Q, R, S, sh, sw, pt, pl, dh, dw,   \
+                        wi);                                                            \
     }
 
 #if PK_X86

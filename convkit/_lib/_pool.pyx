@@ -45,7 +45,7 @@ cdef extern from "_pool.h" nogil:
     pk_kernels_t pk_kernels
     void pk_select_kernels(const char *cap)
     int64_t pk_max_scratch_layout(int64_t R, int64_t S, int64_t Q, int64_t W, int64_t sw,
-                                  int64_t pl, int64_t itemsize, int64_t *row_len,
+                                  int64_t pl, int64_t dw, int64_t itemsize, int64_t *row_len,
                                   int64_t *tag_at)
 
 import os as _os
@@ -188,10 +188,11 @@ cdef void _max_plane_2x2(const floating *x, floating *y, int64_t *idx, int32_t *
 
 
 def max_scratch_bytes(int64_t R, int64_t S, int64_t Q, int64_t W, int64_t sw, int64_t pl,
-                      int64_t itemsize):
+                      int64_t dw, int64_t itemsize):
     """Bytes of per-thread scratch max_forward needs (int32 rows for kernel 2 stride 2)."""
     cdef int64_t row_len, tag_at
-    return max(pk_max_scratch_layout(R, S, Q, W, sw, pl, itemsize, &row_len, &tag_at), 4 * Q)
+    return max(pk_max_scratch_layout(R, S, Q, W, sw, pl, dw, itemsize, &row_len, &tag_at),
+               4 * Q)
 
 
 def pool_kernel_isa():
@@ -202,7 +203,7 @@ def pool_kernel_isa():
 def max_forward(const floating[:, :, :, ::1] x,     # IN  (N, C, H, W)
                 floating[:, :, :, ::1] y,           # OUT (N, C, P, Q)
                 int64_t[:, :, :, ::1] indices,      # OUT (N, C, P, Q) flat in H*W, or None
-                unsigned char[:, ::1] scratch,      # (n_threads, max_scratch_bytes(R, Q, .))
+                unsigned char[:, ::1] scratch,      # (n_threads, max_scratch_bytes(...))
                 int64_t R, int64_t S, int64_t sh, int64_t sw, int64_t pt, int64_t pl,
                 int64_t dh, int64_t dw, int n_threads):
     cdef int64_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
