@@ -354,6 +354,18 @@ def measure_gemm(dtype, n_threads, settings, size=GEMM_SIZE):
     return 2 * size**3 / timing.median_s / 1e9
 
 
+def measure_copy(x, settings):
+    """GB/s (bytes read plus written) of NumPy copying ``x`` into a preallocated array.
+
+    The ceiling a memory-bound pooling pass is held to: the same bytes, the
+    same cache regime, in the same run. ``np.copyto`` runs on one thread.
+    """
+    out = np.empty_like(x)
+    timing, _ = measure(lambda: np.copyto(out, x), max(settings.budget_s, 0.1),
+                        max(settings.min_repeats, 3), settle_s=settings.settle_s)
+    return 2 * x.nbytes / timing.median_s / 1e9
+
+
 def cpu_model():
     """The CPU's model name from /proc/cpuinfo, else what ``platform`` knows."""
     try:
@@ -467,6 +479,7 @@ def _run_case(case, n, expected, reference_fn, time_reference, torch_fn, gemm_gf
                                   settle_s=settings.settle_s)
         torch_time = timing.median_s
         torch_rel = max_errors(to_numpy(outputs), expected)[1]
+    copy_rate = None if case.is_conv else measure_copy(case.x, settings)
     rows = []
     for method in case.methods:
         timing, outputs = measure(case.convkit(method), settings.budget_s, settings.min_repeats,
@@ -479,6 +492,8 @@ def _run_case(case, n, expected, reference_fn, time_reference, torch_fn, gemm_gf
             "time_s": timing.median_s, "repeats": timing.repeats,
             "rate": rate, "rate_unit": case.unit,
             "gemm_fraction": rate / gemm_gflops if case.is_conv else None,
+            "copy_gbs": copy_rate,
+            "copy_fraction": None if case.is_conv else rate / copy_rate,
             "reference_time_s": reference_time,
             "speedup_reference": reference_time / timing.median_s if reference_time else None,
             "torch_time_s": torch_time,
@@ -497,6 +512,10 @@ def _fmt_time(seconds):
 
 def _fmt_speedup(value, missing="-"):
     return missing if value is None else f"{value:.2f}x" if value < 10 else f"{value:.0f}x"
+
+
+def _fmt_fraction(value):
+    return "-" if value is None else f"{100 * value:.0f}%"
 
 
 def _fmt_err(value):
@@ -522,13 +541,16 @@ def format_report(report, markdown=False):
          f"{'--quick' if config['quick'] else 'full'} run, {machine['date']}"),
         (f"speedups > 1 mean convkit is faster; rel err = max|convkit - reference| / "
          f"max|reference|, tolerance {config['tolerance']:g}"),
+        (f"% {gemm_name} or copy: a conv row's rate against {gemm_name}'s, a pooling row's "
+         f"against NumPy copying its input (np.copyto, bytes read + written)"),
     ]
     columns = ["op", "method", "shape"]
     multi = len(threads) > 1
     if multi:
         columns += ["threads"]
     columns += ["time ms"] + (["scaling"] if multi else []) + [
-        "rate", f"% {gemm_name}", "vs reference", "vs torch", "abs err", "rel err", "check"]
+        "rate", f"% {gemm_name} or copy", "vs reference", "vs torch", "abs err", "rel err",
+        "check"]
     base_time = {}
     for row in report["results"]:
         if row["threads"] == min(threads):
@@ -547,7 +569,8 @@ def format_report(report, markdown=False):
             cells.append(_fmt_speedup(base / row["time_s"] if base else None))
         cells += [
             f"{row['rate']:.3g} {row['rate_unit']}",
-            "-" if row["gemm_fraction"] is None else f"{100 * row['gemm_fraction']:.0f}%",
+            _fmt_fraction(row["gemm_fraction"] if row["copy_fraction"] is None
+                          else row["copy_fraction"]),
             _fmt_speedup(row["speedup_reference"], missing="not timed*"),
             _fmt_speedup(row["speedup_torch"]),
             _fmt_err(row["max_abs_err"]), _fmt_err(row["max_rel_err"]),

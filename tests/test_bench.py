@@ -42,6 +42,11 @@ def test_quick_run_writes_table_and_json(capsys, tmp_path):
         assert row["rate"] > 0
         assert row["rate_unit"] == ("GFLOP/s" if row["op"].startswith("conv") else "GB/s")
         assert (row["gemm_fraction"] is None) == (not row["op"].startswith("conv"))
+        if row["op"].startswith("conv"):
+            assert row["copy_gbs"] is None and row["copy_fraction"] is None
+        else:  # pooling is held to NumPy copying the same input, timed in the same run
+            assert row["copy_gbs"] > 0
+            assert row["copy_fraction"] == pytest.approx(row["rate"] / row["copy_gbs"])
         assert row["ok"] and 0 <= row["max_rel_err"] <= bench.TOLERANCE[np.dtype("float32")]
         if row["speedup_reference"] is not None:
             assert row["speedup_reference"] == pytest.approx(
