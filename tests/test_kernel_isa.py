@@ -48,6 +48,7 @@ for dtype in (np.float32, np.float64):
             worst = max(worst, err)
 pool_cases = [((2, 3, 9, W), kw) for W in (5, 21, 70)
               for kw in (dict(kernel_size=3, stride=2, padding=1), dict(kernel_size=(2, 3)),
+                         dict(kernel_size=2),
                          dict(kernel_size=3, stride=1, padding=1, dilation=(1, 2)))]
 for dtype in (np.float32, np.float64):
     for xs, kw in pool_cases:

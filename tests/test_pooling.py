@@ -118,7 +118,7 @@ WIDE_ROWS = {f"W{W}-k{k}-s{s}-p{p}".replace(" ", ""): ((2, 2, 5, W), dict(kernel
                                                                           stride=s, padding=p))
              for W in (3, 13, 37, 70, 113)
              for k, s, p in [(3, 2, 1), (3, 1, 1), (2, 1, 0), ((2, 3), 2, (0, 1)),
-                             ((3, 5), 1, (1, 2)), (2, 2, 1), (3, (1, 2), 0)]}
+                             ((3, 5), 1, (1, 2)), (2, 2, 1), (2, 2, 0), (3, (1, 2), 0)]}
 
 
 def mostly_minus_inf(shape, dtype, seed=0):

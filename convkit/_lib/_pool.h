@@ -18,6 +18,9 @@
  * once at import (CONVKIT_ISA=avx2|baseline caps the choice, as for the
  * convolution kernels).
  *
+ * Kernel 2 stride 2 with every window inside the input (the classic 2x2
+ * pooling) has its own one-pass kernel, all four taps in registers.
+ *
  * Winners are tracked as offsets from the window's corner (r*dh*W + s*dw)
  * in integer lanes as wide as the float's: int32 for float32 (the caller
  * checks that the offsets fit), int64 for float64.
@@ -168,6 +171,117 @@ static inline void pk_valid_range(int64_t size, int64_t count, int64_t step, int
     }
 
 /*
+ * PREFIX##_2x2: outputs [q, q_hi) of one output row of kernel 2, stride 2
+ * windows inside the input, from input rows a and b = a + W, in one pass:
+ * the four taps of a vector of windows in registers (stride 2 splits each
+ * row's two vectors into even and odd lanes). With with_idx the winners'
+ * offsets (0, 1, W, W+1) go to mt. Same overlap rule as the row passes.
+ */
+#define PK_DEFINE_2X2_ROW(PREFIX, T, IT, VBYTES, ATTR)                                  \
+    ATTR static inline __attribute__((always_inline)) int64_t PREFIX##_2x2(             \
+        const T *a, const T *b, T *y, IT *mt, IT W, int64_t q, int64_t q_hi,            \
+        int with_idx)                                                                   \
+    {                                                                                   \
+        typedef T V __attribute__((vector_size(VBYTES)));                               \
+        typedef IT IV __attribute__((vector_size(VBYTES)));                             \
+        enum { VL = VBYTES / sizeof(T) };                                               \
+        IV even, odd;                                                                   \
+        int64_t l, q_max = q_hi - VL;                                                   \
+        if (q_max < q)                                                                  \
+            return q;                                                                   \
+        for (l = 0; l < VL; l++) {                                                      \
+            even[l] = (IT)(2 * l);                                                      \
+            odd[l] = (IT)(2 * l + 1);                                                   \
+        }                                                                               \
+        for (;; q += VL) {                                                              \
+            V m, v, lo, hi, lo2, hi2;                                                   \
+            IV t = {0}, take;                                                           \
+            if (q > q_max)                                                              \
+                q = q_max;                                                              \
+            memcpy(&lo, a + 2 * q, sizeof(V));                                          \
+            memcpy(&hi, a + 2 * q + VL, sizeof(V));                                     \
+            memcpy(&lo2, b + 2 * q, sizeof(V));                                         \
+            memcpy(&hi2, b + 2 * q + VL, sizeof(V));                                    \
+            m = __builtin_shuffle(lo, hi, even);                                        \
+            v = __builtin_shuffle(lo, hi, odd);                                         \
+            take = (v > m) | (v != v);                                                  \
+            m = (V)(((IV)v & take) | ((IV)m & ~take));                                  \
+            if (with_idx)                                                               \
+                t = ((IT)1 & take) | (t & ~take);                                       \
+            v = __builtin_shuffle(lo2, hi2, even);                                      \
+            take = (v > m) | (v != v);                                                  \
+            m = (V)(((IV)v & take) | ((IV)m & ~take));                                  \
+            if (with_idx)                                                               \
+                t = (W & take) | (t & ~take);                                           \
+            v = __builtin_shuffle(lo2, hi2, odd);                                       \
+            take = (v > m) | (v != v);                                                  \
+            m = (V)(((IV)v & take) | ((IV)m & ~take));                                  \
+            memcpy(y + q, &m, sizeof(V));                                               \
+            if (with_idx) {                                                             \
+                t = ((IT)(W + 1) & take) | (t & ~take);                                 \
+                memcpy(mt + q, &t, sizeof(IV));                                         \
+            }                                                                           \
+            if (q == q_max)                                                             \
+                return q_hi;                                                            \
+        }                                                                               \
+    }
+
+/*
+ * NAME(x, y, idx, scratch, W, P, Q): kernel 2, stride 2, no padding or
+ * dilation, every window inside the input (2P <= H, 2Q <= W); scratch
+ * holds Q winners' offsets. Widths P1, P2, P3, then one output at a time.
+ */
+#define PK_DEFINE_MAX_PLANE_2X2(NAME, T, IT, P1, P2, P3, ATTR)                          \
+    ATTR static inline __attribute__((always_inline)) void NAME##_impl(                 \
+        const T *x, T *y, int64_t *idx, void *scratch, int64_t W, int64_t P, int64_t Q, \
+        int wi)                                                                         \
+    {                                                                                   \
+        IT *mt = (IT *)scratch;                                                         \
+        int64_t p, q;                                                                   \
+        for (p = 0; p < P; p++) {                                                       \
+            const T *a = x + 2 * p * W, *b = a + W;                                     \
+            T *yrow = y + p * Q;                                                        \
+            q = P1##_2x2(a, b, yrow, mt, (IT)W, 0, Q, wi);                              \
+            q = P2##_2x2(a, b, yrow, mt, (IT)W, q, Q, wi);                              \
+            q = P3##_2x2(a, b, yrow, mt, (IT)W, q, Q, wi);                              \
+            for (; q < Q; q++) {                                                        \
+                T m = a[2 * q], v;                                                      \
+                IT t = 0;                                                               \
+                v = a[2 * q + 1];                                                       \
+                if (v > m || v != v) {                                                  \
+                    m = v;                                                              \
+                    t = 1;                                                              \
+                }                                                                       \
+                v = b[2 * q];                                                           \
+                if (v > m || v != v) {                                                  \
+                    m = v;                                                              \
+                    t = (IT)W;                                                          \
+                }                                                                       \
+                v = b[2 * q + 1];                                                       \
+                if (v > m || v != v) {                                                  \
+                    m = v;                                                              \
+                    t = (IT)(W + 1);                                                    \
+                }                                                                       \
+                yrow[q] = m;                                                            \
+                mt[q] = t;                                                              \
+            }                                                                           \
+            if (wi) {                                                                   \
+                int64_t *irow = idx + p * Q;                                            \
+                for (q = 0; q < Q; q++)                                                 \
+                    irow[q] = 2 * p * W + 2 * q + (int64_t)mt[q];                       \
+            }                                                                           \
+        }                                                                               \
+    }                                                                                   \
+    ATTR static void NAME(const T *x, T *y, int64_t *idx, void *scratch, int64_t W,     \
+                          int64_t P, int64_t Q)                                         \
+    {                                                                                   \
+        if (idx != NULL)                                                                \
+            NAME##_impl(x, y, idx, scratch, W, P, Q, 1);                                \
+        else                                                                            \
+            NAME##_impl(x, y, idx, scratch, W, P, Q, 0);                                \
+    }
+
+/*
  * NAME(x, y, idx, scratch, H, W, P, Q, R, S, sh, sw, pt, pl, dh, dw):
  * one (H, W) plane x -> one (P, Q) plane y, and the flat positions of the
  * winners in idx unless it is NULL. Every output row must have at least one
@@ -191,6 +305,10 @@ static inline void pk_valid_range(int64_t size, int64_t count, int64_t step, int
         int64_t *tag;                                                                   \
         int64_t p, q, r, s, r_lo, r_hi, ih, q_left;                                     \
         int vec = dw == 1 && (sw == 1 || sw == 2);                                      \
+        /* rows are read in place where no window reaches the padding and no */        \
+        /* vector reads past the row (stride 2 loads whole pairs) */                   \
+        int in_place = pl == 0 && (Q - 1) * sw + (S - 1) * dw < W &&                    \
+                       (!vec || sw == 1 || 2 * Q - 1 + ((S - 1) & ~(int64_t)1) < W);    \
         pk_max_scratch_layout(R, S, Q, W, sw, pl, dw, sizeof(T), &row_len, &tag_at);     \
         hval = prow + row_len;                                                          \
         htap = (IT *)(hval + R * Q);                                                    \
@@ -231,8 +349,12 @@ static inline void pk_valid_range(int64_t size, int64_t count, int64_t step, int
                     continue;                                                           \
                 tag[slot] = ih;                                                         \
                 /* horizontal pass over input row ih, between its pads */               \
-                xr = prow;                                                              \
-                memcpy(prow + pl, x + ih * W, W * sizeof(T));                           \
+                if (in_place) {                                                         \
+                    xr = x + ih * W;                                                    \
+                } else {                                                                \
+                    xr = prow;                                                          \
+                    memcpy(prow + pl, x + ih * W, W * sizeof(T));                       \
+                }                                                                       \
                 q = 0;                                                                  \
                 if (vec) {                                                              \
                     q = P1##_h(xr, hv, ht, S, sw, q, Q, wi);                            \
@@ -319,30 +441,54 @@ static inline void pk_valid_range(int64_t size, int64_t count, int64_t step, int
 #define PK_BASE
 
 PK_DEFINE_ROW_PASSES(pk_f32_base16, float, int32_t, 16, PK_BASE)
+PK_DEFINE_2X2_ROW(pk_f32_base16, float, int32_t, 16, PK_BASE)
 PK_DEFINE_ROW_PASSES(pk_f64_base16, double, int64_t, 16, PK_BASE)
+PK_DEFINE_2X2_ROW(pk_f64_base16, double, int64_t, 16, PK_BASE)
 PK_DEFINE_MAX_PLANE(pk_max_plane_f32_base, float, int32_t, pk_f32_base16, pk_f32_base16,
                     pk_f32_base16, PK_BASE)
+PK_DEFINE_MAX_PLANE_2X2(pk_max_2x2_f32_base, float, int32_t, pk_f32_base16, pk_f32_base16,
+                        pk_f32_base16, PK_BASE)
 PK_DEFINE_MAX_PLANE(pk_max_plane_f64_base, double, int64_t, pk_f64_base16, pk_f64_base16,
                     pk_f64_base16, PK_BASE)
+PK_DEFINE_MAX_PLANE_2X2(pk_max_2x2_f64_base, double, int64_t, pk_f64_base16, pk_f64_base16,
+                        pk_f64_base16, PK_BASE)
 #if PK_X86
 PK_DEFINE_ROW_PASSES(pk_f32_avx2_32, float, int32_t, 32, PK_AVX2)
+PK_DEFINE_2X2_ROW(pk_f32_avx2_32, float, int32_t, 32, PK_AVX2)
 PK_DEFINE_ROW_PASSES(pk_f64_avx2_32, double, int64_t, 32, PK_AVX2)
+PK_DEFINE_2X2_ROW(pk_f64_avx2_32, double, int64_t, 32, PK_AVX2)
 PK_DEFINE_ROW_PASSES(pk_f32_avx2_16, float, int32_t, 16, PK_AVX2)
+PK_DEFINE_2X2_ROW(pk_f32_avx2_16, float, int32_t, 16, PK_AVX2)
 PK_DEFINE_ROW_PASSES(pk_f64_avx2_16, double, int64_t, 16, PK_AVX2)
+PK_DEFINE_2X2_ROW(pk_f64_avx2_16, double, int64_t, 16, PK_AVX2)
 PK_DEFINE_MAX_PLANE(pk_max_plane_f32_avx2, float, int32_t, pk_f32_avx2_32, pk_f32_avx2_16,
                     pk_f32_avx2_16, PK_AVX2)
+PK_DEFINE_MAX_PLANE_2X2(pk_max_2x2_f32_avx2, float, int32_t, pk_f32_avx2_32, pk_f32_avx2_16,
+                        pk_f32_avx2_16, PK_AVX2)
 PK_DEFINE_MAX_PLANE(pk_max_plane_f64_avx2, double, int64_t, pk_f64_avx2_32, pk_f64_avx2_16,
                     pk_f64_avx2_16, PK_AVX2)
+PK_DEFINE_MAX_PLANE_2X2(pk_max_2x2_f64_avx2, double, int64_t, pk_f64_avx2_32, pk_f64_avx2_16,
+                        pk_f64_avx2_16, PK_AVX2)
 PK_DEFINE_ROW_PASSES(pk_f32_avx512_64, float, int32_t, 64, PK_AVX512)
+PK_DEFINE_2X2_ROW(pk_f32_avx512_64, float, int32_t, 64, PK_AVX512)
 PK_DEFINE_ROW_PASSES(pk_f64_avx512_64, double, int64_t, 64, PK_AVX512)
+PK_DEFINE_2X2_ROW(pk_f64_avx512_64, double, int64_t, 64, PK_AVX512)
 PK_DEFINE_ROW_PASSES(pk_f32_avx512_32, float, int32_t, 32, PK_AVX512)
+PK_DEFINE_2X2_ROW(pk_f32_avx512_32, float, int32_t, 32, PK_AVX512)
 PK_DEFINE_ROW_PASSES(pk_f64_avx512_32, double, int64_t, 32, PK_AVX512)
+PK_DEFINE_2X2_ROW(pk_f64_avx512_32, double, int64_t, 32, PK_AVX512)
 PK_DEFINE_ROW_PASSES(pk_f32_avx512_16, float, int32_t, 16, PK_AVX512)
+PK_DEFINE_2X2_ROW(pk_f32_avx512_16, float, int32_t, 16, PK_AVX512)
 PK_DEFINE_ROW_PASSES(pk_f64_avx512_16, double, int64_t, 16, PK_AVX512)
+PK_DEFINE_2X2_ROW(pk_f64_avx512_16, double, int64_t, 16, PK_AVX512)
 PK_DEFINE_MAX_PLANE(pk_max_plane_f32_avx512, float, int32_t, pk_f32_avx512_64,
                     pk_f32_avx512_32, pk_f32_avx512_16, PK_AVX512)
+PK_DEFINE_MAX_PLANE_2X2(pk_max_2x2_f32_avx512, float, int32_t, pk_f32_avx512_64,
+                        pk_f32_avx512_32, pk_f32_avx512_16, PK_AVX512)
 PK_DEFINE_MAX_PLANE(pk_max_plane_f64_avx512, double, int64_t, pk_f64_avx512_64,
                     pk_f64_avx512_32, pk_f64_avx512_16, PK_AVX512)
+PK_DEFINE_MAX_PLANE_2X2(pk_max_2x2_f64_avx512, double, int64_t, pk_f64_avx512_64,
+                        pk_f64_avx512_32, pk_f64_avx512_16, PK_AVX512)
 #endif
 
 typedef void (*pk_max_plane_f32_t)(const float *, float *, int64_t *, void *, int64_t,
@@ -352,13 +498,21 @@ typedef void (*pk_max_plane_f64_t)(const double *, double *, int64_t *, void *, 
                                    int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
                                    int64_t, int64_t, int64_t, int64_t, int64_t);
 
+typedef void (*pk_max_2x2_f32_t)(const float *, float *, int64_t *, void *, int64_t, int64_t,
+                                 int64_t);
+typedef void (*pk_max_2x2_f64_t)(const double *, double *, int64_t *, void *, int64_t,
+                                 int64_t, int64_t);
+
 typedef struct {
     const char *isa;
     pk_max_plane_f32_t max_plane_f32;
     pk_max_plane_f64_t max_plane_f64;
+    pk_max_2x2_f32_t max_2x2_f32;
+    pk_max_2x2_f64_t max_2x2_f64;
 } pk_kernels_t;
 
-static pk_kernels_t pk_kernels = {"baseline", pk_max_plane_f32_base, pk_max_plane_f64_base};
+static pk_kernels_t pk_kernels = {"baseline", pk_max_plane_f32_base, pk_max_plane_f64_base,
+                                  pk_max_2x2_f32_base, pk_max_2x2_f64_base};
 
 /* Pick the widest variant this CPU runs; CONVKIT_ISA=avx2|baseline caps it. */
 static void pk_select_kernels(const char *cap)
@@ -368,10 +522,12 @@ static void pk_select_kernels(const char *cap)
     int allow2 = !(cap && strcmp(cap, "baseline") == 0);
     __builtin_cpu_init();
     if (allow512 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2")) {
-        pk_kernels_t k = {"avx512f", pk_max_plane_f32_avx512, pk_max_plane_f64_avx512};
+        pk_kernels_t k = {"avx512f", pk_max_plane_f32_avx512, pk_max_plane_f64_avx512,
+                          pk_max_2x2_f32_avx512, pk_max_2x2_f64_avx512};
         pk_kernels = k;
     } else if (allow2 && __builtin_cpu_supports("avx2")) {
-        pk_kernels_t k = {"avx2", pk_max_plane_f32_avx2, pk_max_plane_f64_avx2};
+        pk_kernels_t k = {"avx2", pk_max_plane_f32_avx2, pk_max_plane_f64_avx2, pk_max_2x2_f32_avx2,
+                          pk_max_2x2_f64_avx2};
         pk_kernels = k;
     }
 #else

@@ -14,9 +14,10 @@ Two loop orders for average pooling. "Taps": for each output row, each
 kernel tap updates the whole row, so the inner loop runs along q and
 vectorises (small kernels). "Windows": each output scans its own window row
 by row (kernels wider than the output, global pooling), where the taps order
-would loop over one q. Max pooling runs the row-pass kernel of _pool.h
-(horizontal maxima of each input row, then vertical maxima of R rows, on
-whole vectors of the CPU's widest ISA), or the windows order where S > Q.
+would loop over one q. Max pooling runs the kernels of _pool.h on whole
+vectors of the CPU's widest ISA: kernel 2 stride 2 inside the input in one
+pass, any other the row passes (horizontal maxima of each input row, then
+vertical maxima of R rows); the windows order where S > Q.
 Max pooling follows PyTorch's CPU rule, taps in row-major window order:
 take ``v`` when ``v > max or isnan(v)``, so ties keep the first maximum and
 a NaN window reports its last NaN. A window starts at -inf pointing at its
@@ -38,10 +39,16 @@ cdef extern from "_pool.h" nogil:
     ctypedef void (*pk_max_plane_f64_t)(const double *, double *, int64_t *, void *, int64_t,
                                         int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
                                         int64_t, int64_t, int64_t, int64_t, int64_t)
+    ctypedef void (*pk_max_2x2_f32_t)(const float *, float *, int64_t *, void *, int64_t,
+                                      int64_t, int64_t)
+    ctypedef void (*pk_max_2x2_f64_t)(const double *, double *, int64_t *, void *, int64_t,
+                                      int64_t, int64_t)
     ctypedef struct pk_kernels_t:
         const char *isa
         pk_max_plane_f32_t max_plane_f32
         pk_max_plane_f64_t max_plane_f64
+        pk_max_2x2_f32_t max_2x2_f32
+        pk_max_2x2_f64_t max_2x2_f64
     pk_kernels_t pk_kernels
     void pk_select_kernels(const char *cap)
     int64_t pk_max_scratch_layout(int64_t R, int64_t S, int64_t Q, int64_t W, int64_t sw,
@@ -138,61 +145,12 @@ cdef void _max_plane_windows(const floating *x, floating *y, int64_t *idx, int64
                         H, W, R, S, dh, dw, p * sh - pt, q * sw - pl)
 
 
-cdef void _max_plane_2x2(const floating *x, floating *y, int64_t *idx, int32_t *offset,
-                         int64_t W, int64_t P, int64_t Q) noexcept nogil:
-    """Kernel 2, stride 2, no padding or dilation, every window inside the input.
-
-    With indices, the winner's offset in its window (0, 1, W or W+1) goes to
-    the int32 row ``offset`` first: same-width lanes as float32 keep the
-    selects branch-free and vectorised; a second loop widens to int64.
-    """
-    cdef int64_t p, q
-    cdef int32_t t, W32 = <int32_t> W
-    cdef const floating *a
-    cdef const floating *b
-    cdef floating m, v
-    cdef bint take
-    for p in range(P):
-        a = x + 2 * p * W
-        b = a + W
-        if idx == NULL:
-            for q in range(Q):
-                m = a[2 * q]
-                v = a[2 * q + 1]
-                m = v if (v > m) | (v != v) else m
-                v = b[2 * q]
-                m = v if (v > m) | (v != v) else m
-                v = b[2 * q + 1]
-                m = v if (v > m) | (v != v) else m
-                y[p * Q + q] = m
-        else:
-            for q in range(Q):
-                m = a[2 * q]
-                t = 0
-                v = a[2 * q + 1]
-                take = (v > m) | (v != v)
-                m = v if take else m
-                t = 1 if take else t
-                v = b[2 * q]
-                take = (v > m) | (v != v)
-                m = v if take else m
-                t = W32 if take else t
-                v = b[2 * q + 1]
-                take = (v > m) | (v != v)
-                m = v if take else m
-                t = W32 + 1 if take else t
-                y[p * Q + q] = m
-                offset[q] = t
-            for q in range(Q):
-                idx[p * Q + q] = 2 * p * W + 2 * q + offset[q]
-
-
 def max_scratch_bytes(int64_t R, int64_t S, int64_t Q, int64_t W, int64_t sw, int64_t pl,
                       int64_t dw, int64_t itemsize):
-    """Bytes of per-thread scratch max_forward needs (int32 rows for kernel 2 stride 2)."""
+    """Bytes of per-thread scratch max_forward needs (a row of winners for kernel 2 stride 2)."""
     cdef int64_t row_len, tag_at
     return max(pk_max_scratch_layout(R, S, Q, W, sw, pl, dw, itemsize, &row_len, &tag_at),
-               4 * Q)
+               8 * Q)
 
 
 def pool_kernel_isa():
@@ -222,8 +180,12 @@ def max_forward(const floating[:, :, :, ::1] x,     # IN  (N, C, H, W)
     for plane in prange(N * C, schedule="static", nogil=True, num_threads=n_threads):
         plane_idx = ip + plane * P * Q if with_indices else NULL
         if fast_2x2:
-            _max_plane_2x2(xp + plane * H * W, yp + plane * P * Q, plane_idx,
-                           <int32_t *> &scratch[omp_get_thread_num(), 0], W, P, Q)
+            if floating is float:
+                pk_kernels.max_2x2_f32(xp + plane * H * W, yp + plane * P * Q, plane_idx,
+                                       &scratch[omp_get_thread_num(), 0], W, P, Q)
+            else:
+                pk_kernels.max_2x2_f64(xp + plane * H * W, yp + plane * P * Q, plane_idx,
+                                       &scratch[omp_get_thread_num(), 0], W, P, Q)
         elif windows_order:
             _max_plane_windows(xp + plane * H * W, yp + plane * P * Q, plane_idx,
                                H, W, P, Q, R, S, sh, sw, pt, pl, dh, dw)
