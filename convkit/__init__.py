@@ -33,7 +33,7 @@ def show_config(file=None):
 
     from convkit import _scratch, _threads
     from convkit import _lib
-    from convkit._lib import _conv, _openmp
+    from convkit._lib import _conv, _openmp, _pool
 
     info = _openmp.build_info()
     blas = _threads.blas_info()
@@ -50,7 +50,8 @@ def show_config(file=None):
         f"compile flags: {info['compile_flags'] or '(none recorded)'}",
         f"OpenMP: {'yes' if info['openmp'] else 'no (kernels run serially)'}",
         f"SIMD baseline: {' '.join(info['simd_baseline']) or 'none'}; direct kernels: "
-        f"{_conv.kernel_isa()} (picked at import; CONVKIT_ISA=avx2|baseline caps it)",
+        f"{_conv.kernel_isa()}, max pooling: {_pool.pool_kernel_isa()} "
+        f"(picked at import; CONVKIT_ISA=avx2|baseline caps them)",
         f"BLAS (NumPy's, used by method='im2col'): {blas_text}",
         f"threads: {get_num_threads()}",
         f"OpenMP wait policy: {_lib.WAIT_POLICY}",

@@ -13,7 +13,7 @@ import pytest
 
 import convkit
 from convkit import _threads
-from convkit._lib import _openmp
+from convkit._lib import _conv, _openmp, _pool
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 needs_openmp = pytest.mark.skipif(not _openmp.openmp_enabled(),
@@ -241,6 +241,8 @@ def test_show_config_reports_the_build():
     assert f"compiler: {info['compiler']}" in text
     assert ("OpenMP: yes" if info["openmp"] else "OpenMP: no") in text
     assert "SIMD" in text
+    assert f"direct kernels: {_conv.kernel_isa()}" in text
+    assert f"max pooling: {_pool.pool_kernel_isa()}" in text
     assert "BLAS" in text
     assert f"threads: {convkit.get_num_threads()}" in text
 
