@@ -50,7 +50,7 @@ static int64_t pk_max_scratch_layout(int64_t R, int64_t S, int64_t Q, int64_t W,
     int64_t span = (Q - 1) * sw + (S - 1) * dw + 1, len = pl + W > span ? pl + W : span;
     /* slack: two 64-byte vectors */
     *row_len = len + 128 / itemsize;
-    *tag_at = (((*row_len + 2 * R * Q + Q + R) * itemsize + 7) / 8) * 8;
+    *tag_at = (((2 * *row_len + 2 * R * Q + Q + R) * itemsize + 7) / 8) * 8;
     return *tag_at + 8 * R + 2 * (int64_t)sizeof(void *) * R + 64;
 }
 
@@ -303,14 +303,14 @@ static inline void pk_valid_range(int64_t size, int64_t count, int64_t step, int
         T **hr;                                                                         \
         IT **tr;                                                                        \
         int64_t *tag;                                                                   \
-        int64_t p, q, r, s, r_lo, r_hi, ih, q_left;                                     \
+        int64_t p, q, r, s, r_lo, r_hi, ih, q_left, ptag[2] = {-1, -1};                 \
         int vec = dw == 1 && (sw == 1 || sw == 2);                                      \
         /* rows are read in place where no window reaches the padding and no */        \
         /* vector reads past the row (stride 2 loads whole pairs) */                   \
         int in_place = pl == 0 && (Q - 1) * sw + (S - 1) * dw < W &&                    \
                        (!vec || sw == 1 || 2 * Q - 1 + ((S - 1) & ~(int64_t)1) < W);    \
         pk_max_scratch_layout(R, S, Q, W, sw, pl, dw, sizeof(T), &row_len, &tag_at);     \
-        hval = prow + row_len;                                                          \
+        hval = prow + 2 * row_len;                                                      \
         htap = (IT *)(hval + R * Q);                                                    \
         mtap = htap + R * Q;                                                            \
         roff = mtap + Q;                                                                \
@@ -324,9 +324,9 @@ static inline void pk_valid_range(int64_t size, int64_t count, int64_t step, int
             tag[r] = -1;                                                                \
         /* pads: a pad never wins a window that has an input cell */                    \
         for (q = 0; q < pl; q++)                                                        \
-            prow[q] = -INFINITY;                                                        \
+            prow[q] = prow[row_len + q] = -INFINITY;                                    \
         for (q = pl + W; q < row_len; q++)                                              \
-            prow[q] = -INFINITY;                                                        \
+            prow[q] = prow[row_len + q] = -INFINITY;                                    \
         for (p = 0; p < P; p++) {                                                       \
             int64_t ih0 = p * sh - pt, n = 0;                                           \
             int64_t slot = 0;                                                           \
@@ -352,8 +352,20 @@ static inline void pk_valid_range(int64_t size, int64_t count, int64_t step, int
                 if (in_place) {                                                         \
                     xr = x + ih * W;                                                    \
                 } else {                                                                \
-                    xr = prow;                                                          \
-                    memcpy(prow + pl, x + ih * W, W * sizeof(T));                       \
+                    /* two padded rows: the next row is copied while this one */        \
+                    /* is read, so no read waits on a copy's stores */                  \
+                    int b = ptag[0] == ih ? 0 : ptag[1] == ih ? 1 : -1;                 \
+                    if (b < 0) {                                                        \
+                        b = (int)(ih & 1);                                              \
+                        memcpy(prow + b * row_len + pl, x + ih * W, W * sizeof(T));     \
+                        ptag[b] = ih;                                                   \
+                    }                                                                   \
+                    if (ih + 1 < H && ptag[1 - b] != ih + 1) {                          \
+                        memcpy(prow + (1 - b) * row_len + pl, x + (ih + 1) * W,         \
+                               W * sizeof(T));                                          \
+                        ptag[1 - b] = ih + 1;                                           \
+                    }                                                                   \
+                    xr = prow + b * row_len;                                            \
                 }                                                                       \
                 q = 0;                                                                  \
                 if (vec) {                                                              \
