@@ -54,7 +54,8 @@ static int64_t pk_max_scratch_layout(int64_t R, int64_t S, int64_t Q, int64_t W,
     return *tag_at + 8 * R + 2 * (int64_t)sizeof(void *) * R + 64;
 }
 
-/* [lo, hi): the i in [0, count) with i*step + offset in [0, size). */
+/* [lo, hi): the i in [0, count) with i*step + offset in [0, size). The Cython
+ * kernels of _pool.pyx use it too. */
 static inline void pk_valid_range(int64_t size, int64_t count, int64_t step, int64_t offset,
                                   int64_t *lo, int64_t *hi)
 {
@@ -452,55 +453,39 @@ static inline void pk_valid_range(int64_t size, int64_t count, int64_t step, int
 #endif
 #define PK_BASE
 
-PK_DEFINE_ROW_PASSES(pk_f32_base16, float, int32_t, 16, PK_BASE)
-PK_DEFINE_2X2_ROW(pk_f32_base16, float, int32_t, 16, PK_BASE)
-PK_DEFINE_ROW_PASSES(pk_f64_base16, double, int64_t, 16, PK_BASE)
-PK_DEFINE_2X2_ROW(pk_f64_base16, double, int64_t, 16, PK_BASE)
-PK_DEFINE_MAX_PLANE(pk_max_plane_f32_base, float, int32_t, pk_f32_base16, pk_f32_base16,
-                    pk_f32_base16, PK_BASE)
-PK_DEFINE_MAX_PLANE_2X2(pk_max_2x2_f32_base, float, int32_t, pk_f32_base16, pk_f32_base16,
-                        pk_f32_base16, PK_BASE)
-PK_DEFINE_MAX_PLANE(pk_max_plane_f64_base, double, int64_t, pk_f64_base16, pk_f64_base16,
-                    pk_f64_base16, PK_BASE)
-PK_DEFINE_MAX_PLANE_2X2(pk_max_2x2_f64_base, double, int64_t, pk_f64_base16, pk_f64_base16,
-                        pk_f64_base16, PK_BASE)
+/* Every kernel at one vector width, and both plane kernels over widths P1-P3. */
+#define PK_DEFINE_WIDTH(PREFIX, T, IT, VBYTES, ATTR)                                    \
+    PK_DEFINE_ROW_PASSES(PREFIX, T, IT, VBYTES, ATTR)                                   \
+    PK_DEFINE_2X2_ROW(PREFIX, T, IT, VBYTES, ATTR)
+#define PK_DEFINE_PLANES(SUFFIX, T, IT, P1, P2, P3, ATTR)                               \
+    PK_DEFINE_MAX_PLANE(pk_max_plane_##SUFFIX, T, IT, P1, P2, P3, ATTR)                 \
+    PK_DEFINE_MAX_PLANE_2X2(pk_max_2x2_##SUFFIX, T, IT, P1, P2, P3, ATTR)
+
+PK_DEFINE_WIDTH(pk_f32_base16, float, int32_t, 16, PK_BASE)
+PK_DEFINE_WIDTH(pk_f64_base16, double, int64_t, 16, PK_BASE)
+PK_DEFINE_PLANES(f32_base, float, int32_t, pk_f32_base16, pk_f32_base16, pk_f32_base16,
+                 PK_BASE)
+PK_DEFINE_PLANES(f64_base, double, int64_t, pk_f64_base16, pk_f64_base16, pk_f64_base16,
+                 PK_BASE)
 #if PK_X86
-PK_DEFINE_ROW_PASSES(pk_f32_avx2_32, float, int32_t, 32, PK_AVX2)
-PK_DEFINE_2X2_ROW(pk_f32_avx2_32, float, int32_t, 32, PK_AVX2)
-PK_DEFINE_ROW_PASSES(pk_f64_avx2_32, double, int64_t, 32, PK_AVX2)
-PK_DEFINE_2X2_ROW(pk_f64_avx2_32, double, int64_t, 32, PK_AVX2)
-PK_DEFINE_ROW_PASSES(pk_f32_avx2_16, float, int32_t, 16, PK_AVX2)
-PK_DEFINE_2X2_ROW(pk_f32_avx2_16, float, int32_t, 16, PK_AVX2)
-PK_DEFINE_ROW_PASSES(pk_f64_avx2_16, double, int64_t, 16, PK_AVX2)
-PK_DEFINE_2X2_ROW(pk_f64_avx2_16, double, int64_t, 16, PK_AVX2)
-PK_DEFINE_MAX_PLANE(pk_max_plane_f32_avx2, float, int32_t, pk_f32_avx2_32, pk_f32_avx2_16,
-                    pk_f32_avx2_16, PK_AVX2)
-PK_DEFINE_MAX_PLANE_2X2(pk_max_2x2_f32_avx2, float, int32_t, pk_f32_avx2_32, pk_f32_avx2_16,
-                        pk_f32_avx2_16, PK_AVX2)
-PK_DEFINE_MAX_PLANE(pk_max_plane_f64_avx2, double, int64_t, pk_f64_avx2_32, pk_f64_avx2_16,
-                    pk_f64_avx2_16, PK_AVX2)
-PK_DEFINE_MAX_PLANE_2X2(pk_max_2x2_f64_avx2, double, int64_t, pk_f64_avx2_32, pk_f64_avx2_16,
-                        pk_f64_avx2_16, PK_AVX2)
-PK_DEFINE_ROW_PASSES(pk_f32_avx512_64, float, int32_t, 64, PK_AVX512)
-PK_DEFINE_2X2_ROW(pk_f32_avx512_64, float, int32_t, 64, PK_AVX512)
-PK_DEFINE_ROW_PASSES(pk_f64_avx512_64, double, int64_t, 64, PK_AVX512)
-PK_DEFINE_2X2_ROW(pk_f64_avx512_64, double, int64_t, 64, PK_AVX512)
-PK_DEFINE_ROW_PASSES(pk_f32_avx512_32, float, int32_t, 32, PK_AVX512)
-PK_DEFINE_2X2_ROW(pk_f32_avx512_32, float, int32_t, 32, PK_AVX512)
-PK_DEFINE_ROW_PASSES(pk_f64_avx512_32, double, int64_t, 32, PK_AVX512)
-PK_DEFINE_2X2_ROW(pk_f64_avx512_32, double, int64_t, 32, PK_AVX512)
-PK_DEFINE_ROW_PASSES(pk_f32_avx512_16, float, int32_t, 16, PK_AVX512)
-PK_DEFINE_2X2_ROW(pk_f32_avx512_16, float, int32_t, 16, PK_AVX512)
-PK_DEFINE_ROW_PASSES(pk_f64_avx512_16, double, int64_t, 16, PK_AVX512)
-PK_DEFINE_2X2_ROW(pk_f64_avx512_16, double, int64_t, 16, PK_AVX512)
-PK_DEFINE_MAX_PLANE(pk_max_plane_f32_avx512, float, int32_t, pk_f32_avx512_64,
-                    pk_f32_avx512_32, pk_f32_avx512_16, PK_AVX512)
-PK_DEFINE_MAX_PLANE_2X2(pk_max_2x2_f32_avx512, float, int32_t, pk_f32_avx512_64,
-                        pk_f32_avx512_32, pk_f32_avx512_16, PK_AVX512)
-PK_DEFINE_MAX_PLANE(pk_max_plane_f64_avx512, double, int64_t, pk_f64_avx512_64,
-                    pk_f64_avx512_32, pk_f64_avx512_16, PK_AVX512)
-PK_DEFINE_MAX_PLANE_2X2(pk_max_2x2_f64_avx512, double, int64_t, pk_f64_avx512_64,
-                        pk_f64_avx512_32, pk_f64_avx512_16, PK_AVX512)
+PK_DEFINE_WIDTH(pk_f32_avx2_32, float, int32_t, 32, PK_AVX2)
+PK_DEFINE_WIDTH(pk_f64_avx2_32, double, int64_t, 32, PK_AVX2)
+PK_DEFINE_WIDTH(pk_f32_avx2_16, float, int32_t, 16, PK_AVX2)
+PK_DEFINE_WIDTH(pk_f64_avx2_16, double, int64_t, 16, PK_AVX2)
+PK_DEFINE_PLANES(f32_avx2, float, int32_t, pk_f32_avx2_32, pk_f32_avx2_16, pk_f32_avx2_16,
+                 PK_AVX2)
+PK_DEFINE_PLANES(f64_avx2, double, int64_t, pk_f64_avx2_32, pk_f64_avx2_16, pk_f64_avx2_16,
+                 PK_AVX2)
+PK_DEFINE_WIDTH(pk_f32_avx512_64, float, int32_t, 64, PK_AVX512)
+PK_DEFINE_WIDTH(pk_f64_avx512_64, double, int64_t, 64, PK_AVX512)
+PK_DEFINE_WIDTH(pk_f32_avx512_32, float, int32_t, 32, PK_AVX512)
+PK_DEFINE_WIDTH(pk_f64_avx512_32, double, int64_t, 32, PK_AVX512)
+PK_DEFINE_WIDTH(pk_f32_avx512_16, float, int32_t, 16, PK_AVX512)
+PK_DEFINE_WIDTH(pk_f64_avx512_16, double, int64_t, 16, PK_AVX512)
+PK_DEFINE_PLANES(f32_avx512, float, int32_t, pk_f32_avx512_64, pk_f32_avx512_32,
+                 pk_f32_avx512_16, PK_AVX512)
+PK_DEFINE_PLANES(f64_avx512, double, int64_t, pk_f64_avx512_64, pk_f64_avx512_32,
+                 pk_f64_avx512_16, PK_AVX512)
 #endif
 
 typedef void (*pk_max_plane_f32_t)(const float *, float *, int64_t *, void *, int64_t,
@@ -538,8 +523,8 @@ static void pk_select_kernels(const char *cap)
                           pk_max_2x2_f32_avx512, pk_max_2x2_f64_avx512};
         pk_kernels = k;
     } else if (allow2 && __builtin_cpu_supports("avx2")) {
-        pk_kernels_t k = {"avx2", pk_max_plane_f32_avx2, pk_max_plane_f64_avx2, pk_max_2x2_f32_avx2,
-                          pk_max_2x2_f64_avx2};
+        pk_kernels_t k = {"avx2", pk_max_plane_f32_avx2, pk_max_plane_f64_avx2,
+                          pk_max_2x2_f32_avx2, pk_max_2x2_f64_avx2};
         pk_kernels = k;
     }
 #else

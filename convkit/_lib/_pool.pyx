@@ -51,6 +51,8 @@ cdef extern from "_pool.h" nogil:
         pk_max_2x2_f64_t max_2x2_f64
     pk_kernels_t pk_kernels
     void pk_select_kernels(const char *cap)
+    void pk_valid_range(int64_t size, int64_t count, int64_t step, int64_t offset,
+                        int64_t *lo, int64_t *hi)
     int64_t pk_max_scratch_layout(int64_t R, int64_t S, int64_t Q, int64_t W, int64_t sw,
                                   int64_t pl, int64_t dw, int64_t itemsize, int64_t *row_len,
                                   int64_t *tag_at)
@@ -69,24 +71,6 @@ _select_kernels()
 ctypedef fused floating:
     float
     double
-
-
-cdef inline void _valid_range(int64_t size, int64_t count, int64_t step, int64_t offset,
-                              int64_t *lo, int64_t *hi) noexcept nogil:
-    """The i in [0, count) with i*step + offset in [0, size), as [lo, hi)."""
-    cdef int64_t first = 0, last
-    if offset < 0:
-        first = (-offset + step - 1) // step
-    if size - 1 - offset < 0:
-        last = 0
-    else:
-        last = (size - 1 - offset) // step + 1
-    if last > count:
-        last = count
-    if first > last:
-        first = last
-    lo[0] = first
-    hi[0] = last
 
 
 cdef inline floating _sum(const floating *a, int64_t n) noexcept nogil:
@@ -118,8 +102,8 @@ cdef inline void _max_window(const floating *x, floating *y, int64_t *idx, int64
     """y[0] (and idx[0] unless NULL) of the window with corner (ih0, iw0): PyTorch's loop."""
     cdef int64_t r, s, r_lo, r_hi, s_lo, s_hi, i, best
     cdef floating m = -INFINITY, v
-    _valid_range(H, R, dh, ih0, &r_lo, &r_hi)
-    _valid_range(W, S, dw, iw0, &s_lo, &s_hi)
+    pk_valid_range(H, R, dh, ih0, &r_lo, &r_hi)
+    pk_valid_range(W, S, dw, iw0, &s_lo, &s_hi)
     best = (ih0 + r_lo * dh) * W + iw0 + s_lo * dw
     for r in range(r_lo, r_hi):
         i = (ih0 + r * dh) * W + iw0
@@ -241,12 +225,12 @@ cdef void _avg_plane_taps(const floating *x, floating *y, const floating *row_co
         yrow = y + p * Q
         for q in range(Q):
             yrow[q] = 0
-        _valid_range(H, R, 1, p * sh - pt, &r_lo, &r_hi)
+        pk_valid_range(H, R, 1, p * sh - pt, &r_lo, &r_hi)
         for r in range(r_lo, r_hi):
             xrow = x + (p * sh - pt + r) * W
             for s in range(S):
                 offset = s - pl
-                _valid_range(W, Q, sw, offset, &q_lo, &q_hi)
+                pk_valid_range(W, Q, sw, offset, &q_lo, &q_hi)
                 if sw == 1:
                     for q in range(q_lo, q_hi):
                         yrow[q] += xrow[q + offset]
@@ -266,10 +250,10 @@ cdef void _avg_plane_windows(const floating *x, floating *y, const floating *row
     cdef floating total
     for p in range(P):
         ih0 = p * sh - pt
-        _valid_range(H, R, 1, ih0, &r_lo, &r_hi)
+        pk_valid_range(H, R, 1, ih0, &r_lo, &r_hi)
         for q in range(Q):
             iw0 = q * sw - pl
-            _valid_range(W, S, 1, iw0, &s_lo, &s_hi)
+            pk_valid_range(W, S, 1, iw0, &s_lo, &s_hi)
             if s_hi - s_lo == W:
                 total = _sum(x + (ih0 + r_lo) * W, (r_hi - r_lo) * W)
             else:
@@ -345,14 +329,14 @@ cdef void _avg_backward_plane_taps(const floating *gy, floating *gx, floating *s
             spread[iw] = 0
         for s in range(S):
             offset = s - pl
-            _valid_range(W, Q, sw, offset, &q_lo, &q_hi)
+            pk_valid_range(W, Q, sw, offset, &q_lo, &q_hi)
             if sw == 1:
                 for q in range(q_lo, q_hi):
                     spread[q + offset] += share[q]
             else:
                 for q in range(q_lo, q_hi):
                     spread[q * sw + offset] += share[q]
-        _valid_range(H, R, 1, p * sh - pt, &r_lo, &r_hi)
+        pk_valid_range(H, R, 1, p * sh - pt, &r_lo, &r_hi)
         for r in range(r_lo, r_hi):
             gxrow = gx + (p * sh - pt + r) * W
             for iw in range(W):
@@ -370,10 +354,10 @@ cdef void _avg_backward_plane_windows(const floating *gy, floating *gx,
     cdef floating *run
     for p in range(P):
         ih0 = p * sh - pt
-        _valid_range(H, R, 1, ih0, &r_lo, &r_hi)
+        pk_valid_range(H, R, 1, ih0, &r_lo, &r_hi)
         for q in range(Q):
             iw0 = q * sw - pl
-            _valid_range(W, S, 1, iw0, &s_lo, &s_hi)
+            pk_valid_range(W, S, 1, iw0, &s_lo, &s_hi)
             share = gy[p * Q + q] / (row_count[p] * col_count[q])
             for r in range(r_lo, r_hi):
                 run = gx + (ih0 + r) * W + iw0 + s_lo
