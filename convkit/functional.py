@@ -40,6 +40,8 @@ _NARROW_TASKS_PER_THREAD = 4
 # Bytes of input and grad_output planes the depthwise grad_weight packs at a
 # time per thread (its sums run over that many images at once).
 _DEPTHWISE_SCRATCH = 256 * 1024
+# Output positions per run of the depthwise grad_weight's row kernel.
+_DEPTHWISE_RUN = 512
 # The channel-vector grad_weight splits the images when its channel and
 # column blocks make fewer tasks than this (a property of the shape only).
 _GW_MIN_TASKS = 8
@@ -504,19 +506,47 @@ def _grad_weight_channel_vector(grad_output, x, g, n_threads):
     return grad_weight.reshape(g.weight_shape)
 
 
+def _depthwise_masks(g, rows, dtype):
+    """(S, rows*Q + 16) bit masks of the depthwise row kernel, in ``dtype``.
+
+    Element i of row s is all ones where output position i of a run of
+    ``rows`` output rows reads a real input column at kernel column s
+    (i < rows*Q and 0 <= i % Q - pl + s < W), zero otherwise; the kernel
+    ANDs grad_output's vectors with them.
+    """
+    i = np.arange(rows * g.Q + 16)
+    col = (i % g.Q)[None, :] - g.padding[1][0] + np.arange(g.S)[:, None]
+    valid = (i < rows * g.Q) & (col >= 0) & (col < g.W)
+    bits = np.dtype(f"u{np.dtype(dtype).itemsize}")
+    return np.where(valid, np.iinfo(bits).max, 0).astype(bits).view(dtype)
+
+
 def _grad_weight_depthwise(grad_output, x, g, n_threads):
-    """grad_weight with one input channel per group, packed per task into cache."""
+    """grad_weight with one input channel per group (see _conv.grad_weight_depthwise).
+
+    Where the column stride and dilation are 1 the kernel reads the arrays
+    in place, a few output rows at a time when they lie flat in both (an
+    output row steps as far through x as through grad_output); otherwise,
+    or for a channel whose grad_output is not finite, it packs them into
+    cache.
+    """
     Hph, Wph, plane_len, tap_off = _phase_layout(g)
     (sh, sw) = g.stride
     per_image = sh * sw * plane_len + g.P * Wph
     # A property of the shape alone: the sums' order depends on it.
     images = max(1, min(g.N, _DEPTHWISE_SCRATCH // (x.itemsize * per_image)))
+    rows = 0
+    if sw == 1 and g.dilation[1] == 1:
+        rows = max(1, _DEPTHWISE_RUN // g.Q) if g.Q == sh * g.W else 1
+        masks = _depthwise_masks(g, rows, x.dtype)
+    else:
+        masks = np.zeros((1, 1), dtype=x.dtype)
     scratch = _scratch("threads", (n_threads, images * per_image + g.R * g.S), x.dtype,
                        zero=True)
     grad_weight = np.empty((g.K, 1, g.R * g.S), dtype=x.dtype)
-    _conv.grad_weight_depthwise(grad_output, x, tap_off, grad_weight, scratch, sh, sw,
+    _conv.grad_weight_depthwise(grad_output, x, tap_off, grad_weight, masks, scratch, sh, sw,
                                 g.padding[0][0], g.padding[1][0], Hph, Wph, plane_len, images,
-                                n_threads)
+                                g.R, g.dilation[0], rows, n_threads)
     return grad_weight.reshape(g.weight_shape)
 
 

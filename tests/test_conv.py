@@ -158,6 +158,69 @@ def test_backward_matches_reference(case, method, dtype):
         assert_close(actual, wanted, kind="grad", err_msg=f"{case} {name}")
 
 
+# Depthwise grad_weight: the row kernel (column stride and dilation 1), in
+# flat runs of several output rows or row by row, with blocks of 3x3 taps,
+# their edge rows and output rows no tap reaches; the packed kernel otherwise.
+DEPTHWISE_GRAD_WEIGHT = {
+    "flat_runs": ((2, 3, 40, 40), (3, 1, 3, 3), dict(padding=1)),
+    "multiplier2_5x5": ((3, 4, 9, 5), (8, 1, 5, 5), dict(padding=2)),
+    "one_column_wide_rows": ((2, 2, 8, 37), (2, 1, 7, 1), dict(padding=(3, 0))),
+    "rows_no_tap_reaches": ((2, 2, 12, 11), (2, 1, 3, 4), dict(padding=(5, 1))),
+    "row_stride": ((2, 3, 11, 10), (3, 1, 3, 3), dict(stride=(2, 1), padding=1)),
+    "row_dilation_valid": ((1, 3, 9, 17), (3, 1, 3, 2), dict(dilation=(2, 1))),
+    "tiny_rows": ((2, 5, 3, 2), (5, 1, 2, 2), {}),
+    "column_dilation_packed": ((2, 3, 9, 10), (3, 1, 3, 3), dict(dilation=(1, 2), padding=2)),
+    "column_stride_packed": ((2, 3, 9, 10), (3, 1, 3, 3), dict(stride=(1, 2), padding=1)),
+}
+
+
+def _depthwise_inputs(case, dtype):
+    x_shape, w_shape, kwargs = DEPTHWISE_GRAD_WEIGHT[case]
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal(x_shape).astype(dtype)
+    weight = rng.standard_normal(w_shape).astype(dtype)
+    kwargs = dict(kwargs, groups=x_shape[1])
+    grad_output = rng.standard_normal(reference.conv2d(x, weight, **kwargs).shape).astype(dtype)
+    return x, weight, grad_output, kwargs
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", list(DEPTHWISE_GRAD_WEIGHT))
+def test_depthwise_grad_weight(case, dtype):
+    """Every path of the depthwise grad_weight, equal at 1 and 2 threads."""
+    x, weight, grad_output, kwargs = _depthwise_inputs(case, dtype)
+    expected = reference.conv2d_backward(grad_output, x, weight, **kwargs)[1]
+    results = []
+    for n in (1, 2):
+        with convkit.num_threads(n):
+            results.append(convkit.conv2d_backward(grad_output, x, weight, method="direct",
+                                                   output_mask=(False, True, False),
+                                                   **kwargs)[1])
+    assert_close(results[0], expected, kind="grad", err_msg=case)
+    np.testing.assert_array_equal(results[0], results[1])
+
+
+@pytest.mark.parametrize("case", ["flat_runs", "rows_no_tap_reaches", "row_stride"])
+def test_depthwise_grad_weight_nonfinite_grad_output(case):
+    """An inf or NaN in grad_output meets the padding (0 * inf is NaN) as in torch.
+
+    The row kernel clears such products away, so channels holding one take
+    the packed kernel; channels beside them stay exact.
+    """
+    x, weight, grad_output, kwargs = _depthwise_inputs(case, np.float64)
+    P, Q = grad_output.shape[2:]
+    grad_output[0, 0, 0, 0] = np.inf           # a corner: most taps read padding
+    grad_output[1, 1, P - 1, Q // 2] = np.nan  # the last row
+    with np.errstate(invalid="ignore"):
+        got = convkit.conv2d_backward(grad_output, x, weight, method="direct",
+                                      output_mask=(False, True, False), **kwargs)[1]
+        expected = reference.conv2d_backward(grad_output, x, weight, **kwargs)[1]
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
+    np.testing.assert_array_equal(np.isinf(got), np.isinf(expected))
+    finite = np.isfinite(expected)
+    assert_close(got[finite], expected[finite], kind="grad", err_msg=case)
+
+
 MASKS = list(itertools.product([True, False], repeat=3))
 
 

@@ -27,6 +27,8 @@ cases = [
     ((3, 8, 7, 40), (9, 8, 2, 5), dict(padding=(1, 2))),                 # wide rows, K tail
     ((2, 32, 9, 7), (40, 32, 3, 3), dict(stride=2, padding=1)),          # channel-vector kernel
     ((2, 16, 6, 6), (33, 16, 3, 3), dict(padding=2, dilation=2)),        # channel-vector, K tail
+    ((2, 3, 30, 37), (3, 1, 5, 3), dict(groups=3, padding=(2, 1))),      # depthwise, flat runs
+    ((2, 2, 9, 21), (4, 1, 3, 4), dict(groups=2, stride=(2, 1), padding=(4, 0))),  # row by row
 ]
 worst = 0.0
 rng = np.random.default_rng(0)

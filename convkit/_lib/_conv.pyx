@@ -227,6 +227,14 @@ cdef extern from "_direct.h" nogil:
                                   int64_t, int64_t, const int64_t *, int64_t, int64_t, int64_t,
                                   int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
                                   double *, int, int, double *, int64_t)
+    ctypedef int (*ck_gwr_f32_t)(const float *, int64_t, int64_t, int64_t, const float *,
+                                  int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                                  int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                                  int64_t, int64_t, const float *, int64_t, float *)
+    ctypedef int (*ck_gwr_f64_t)(const double *, int64_t, int64_t, int64_t, const double *,
+                                  int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                                  int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                                  int64_t, int64_t, const double *, int64_t, double *)
     ctypedef int (*ck_nonfinite_f32_t)(const float *, int64_t)
     ctypedef int (*ck_nonfinite_f64_t)(const double *, int64_t)
     ctypedef struct ck_kernels_t:
@@ -252,6 +260,8 @@ cdef extern from "_direct.h" nogil:
         int gwk_f32_block
         int gwk_f64_block
         int gwk_cols
+        ck_gwr_f32_t gwr_f32
+        ck_gwr_f64_t gwr_f64
         ck_nonfinite_f32_t nonfinite_f32
         ck_nonfinite_f64_t nonfinite_f64
     ck_kernels_t ck_kernels
@@ -649,23 +659,33 @@ def grad_weight_depthwise(const floating[:, :, :, ::1] gy,  # IN  (N, K, P, Q)
                           const floating[:, :, :, ::1] x,   # IN  (N, C, H, W), C == groups
                           const int64_t[::1] tap_off,       # IN  (R*S,)
                           floating[:, :, ::1] gw,           # OUT (K, 1, R*S)
+                          const floating[:, ::1] masks,     # IN  (S, rows*Q + 16) bit masks
                           floating[:, ::1] scratch,  # ZEROED (n_threads, images*(sh*sw*plane_len + grid_len) + R*S)
                           int64_t sh, int64_t sw, int64_t pt, int64_t pl, int64_t Hph,
-                          int64_t Wph, int64_t plane_len, int64_t images, int n_threads):
+                          int64_t Wph, int64_t plane_len, int64_t images, int64_t R,
+                          int64_t dh, int64_t rows, int n_threads):
     """grad_weight of a convolution with one input channel per group.
 
-    One task per output channel k packs, for ``images`` images at a time,
-    its input channel's phase planes and grad_output's plane (on the Wph
-    grid, zero past column Q) into its thread's scratch, and sums every
-    image in order, so the result does not depend on the thread count.
+    One task per output channel k sums every image in order, so the result
+    does not depend on the thread count. With ``rows`` > 0 (column stride
+    and dilation 1)
+    the row kernel reads x and grad_output where they lie, ``rows`` output
+    rows at a time, its lanes cleared by ``masks`` (see _direct.h and
+    functional._depthwise_masks), for every channel whose grad_output is
+    finite: its cleared lanes would hide what 0 * inf gives. Other channels
+    pack, for ``images``
+    images at a time, their input channel's phase planes and grad_output's
+    plane (on the Wph grid, zero past column Q) into the thread's scratch.
     ``scratch`` must come zeroed: its padding and grid columns then stay
     zero and only the input's and grad_output's elements are copied.
     """
     cdef int64_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef int64_t K = gy.shape[1], P = gy.shape[2], Q = gy.shape[3]
-    cdef int64_t RS = gw.shape[2], Kg = K // C
+    cdef int64_t RS = gw.shape[2], Kg = K // C, S = RS // R
     cdef int64_t chan_stride = sh * sw * plane_len, grid_len = P * Wph
-    cdef int64_t k, n0, n1, i, p, q, t
+    cdef int64_t gy_len = N * K * P * Q, x_len = N * C * H * W
+    cdef int64_t k, n, n0, n1, i, p, q, t
+    cdef int bad
     cdef floating *xs
     cdef floating *grid
     cdef floating *part
@@ -673,6 +693,19 @@ def grad_weight_depthwise(const floating[:, :, :, ::1] gy,  # IN  (N, K, P, Q)
         xs = &scratch[omp_get_thread_num(), 0]
         grid = xs + images * chan_stride
         part = grid + images * grid_len
+        if rows:
+            if floating is float:
+                bad = ck_kernels.gwr_f32(&gy[0, 0, 0, 0], gy_len, k * P * Q, K * P * Q,
+                                         &x[0, 0, 0, 0], x_len, (k // Kg) * H * W, C * H * W,
+                                         N, H, W, P, Q, R, S, sh, pt, pl, dh, rows, &masks[0, 0],
+                                         masks.shape[1], &gw[k, 0, 0])
+            else:
+                bad = ck_kernels.gwr_f64(&gy[0, 0, 0, 0], gy_len, k * P * Q, K * P * Q,
+                                         &x[0, 0, 0, 0], x_len, (k // Kg) * H * W, C * H * W,
+                                         N, H, W, P, Q, R, S, sh, pt, pl, dh, rows, &masks[0, 0],
+                                         masks.shape[1], &gw[k, 0, 0])
+            if not bad:
+                continue
         n0 = 0
         while n0 < N:
             n1 = n0 + images

@@ -344,6 +344,207 @@
                         scratch[((i / TB) * TB * KV + (i % TB) * KV + v) * VL + l];    \
     }
 
+/* Depthwise grad_weight by rows, for column stride and dilation 1: one channel's
+ *
+ *   gw[r*S + s] = sum_n sum_p sum_q gy[n][p][q] * x[n][p*sh - pt + r*dh][q - pl + s]
+ *
+ * read where gy and x lie, with no packing. Taps go in blocks of up to
+ * RB x SB (kernel rows x columns). Each block makes one run over the output
+ * rows whose input rows exist for all its kernel rows, then one run per
+ * kernel row over the output rows left at the top and bottom edges where
+ * that row alone exists. Runs go in chunks of up to `rows` output rows:
+ * where an output row advances the input by as much as grad_output
+ * (Q == sh*W) a chunk's rows are one flat run in both arrays, otherwise
+ * rows == 1. Each vector of grad_output is loaded once and multiplied by
+ * the input at every tap of the block. Lanes past the chunk, or whose
+ * input column falls in the padding, are cleared in grad_output (bitwise,
+ * with masks[s][i]: all ones where i < rows*Q and input column
+ * i % Q - pl + s exists, rows*Q + VL or more columns mask_stride apart)
+ * instead of being skipped, so loads run across row ends into neighbouring
+ * rows: those hold finite values, since the caller sends finite x only,
+ * and loads that would leave the arrays (x_len, gy_len elements from x and
+ * gy) fetch only their in-range lanes. Returns 1, leaving gw undefined, if
+ * grad_output holds an inf or a NaN (its 0 * inf products with the padding
+ * are then NaN and must not be cleared away), else 0. Each tap sums its
+ * runs' vector accumulators and then its lanes, in an order fixed by the
+ * shape and the variant. */
+#define CK_GWR_RB 3
+#define CK_GWR_SB 3
+#define CK_DEFINE_GRAD_WEIGHT_ROWS(NAME, T, TI, VBYTES, ATTR)                            \
+    ATTR static int NAME(const T *gy, int64_t gy_len, int64_t gy_off, int64_t gy_nstride, \
+                         const T *x, int64_t x_len, int64_t x_off, int64_t x_nstride,     \
+                         int64_t N, int64_t H, int64_t W, int64_t P, int64_t Q,           \
+                         int64_t R, int64_t S, int64_t sh, int64_t pt, int64_t pl,        \
+                         int64_t dh, int64_t rows, const T *masks,                        \
+                         int64_t mask_stride, T *gw)                                      \
+    {                                                                                     \
+        typedef T V __attribute__((vector_size(VBYTES)));                                 \
+        typedef TI VI __attribute__((vector_size(VBYTES)));                               \
+        enum { VL = VBYTES / sizeof(T), RB = CK_GWR_RB, SB = CK_GWR_SB };                 \
+        int64_t r0, s0, rr, sb, n, p, l, rbc, sbc;                                        \
+        int64_t seen_lo = P, seen_hi = 0;                                                 \
+        VI iota;                                                                          \
+        V bad = {0};                                                                      \
+        for (l = 0; l < VL; l++)                                                          \
+            iota[l] = (TI)l;                                                              \
+        for (r0 = 0; r0 < R; r0 += RB) {                                                  \
+            rbc = R - r0 < RB ? R - r0 : RB;                                              \
+            for (s0 = 0; s0 < S; s0 += SB) {                                              \
+                V tot[RB][SB];                                                            \
+                int64_t pa, pb;                                                           \
+                sbc = S - s0 < SB ? S - s0 : SB;                                          \
+                memset(tot, 0, sizeof(tot));                                              \
+                /* Output rows whose input rows exist for the block's every row. */      \
+                {                                                                         \
+                    int64_t lo_a, hi_a, lo_b, hi_b;                                       \
+                    CK_GWR_ROWS(r0, lo_a, hi_a);                                          \
+                    CK_GWR_ROWS(r0 + rbc - 1, lo_b, hi_b);                                \
+                    pa = lo_a > lo_b ? lo_a : lo_b;                                       \
+                    pb = hi_a < hi_b ? hi_a : hi_b;                                       \
+                }                                                                         \
+                if (pa < pb)                                                              \
+                    CK_GWR_SWITCH(rbc, pa, pb, r0, 0);                                    \
+                else                                                                      \
+                    pa = pb = 0;                                                          \
+                for (rr = 0; rr < rbc; rr++) {                                            \
+                    int64_t lo, hi;                                                       \
+                    CK_GWR_ROWS(r0 + rr, lo, hi);                                         \
+                    if (lo < hi) {                                                        \
+                        seen_lo = lo < seen_lo ? lo : seen_lo;                            \
+                        seen_hi = hi > seen_hi ? hi : seen_hi;                            \
+                    }                                                                     \
+                    if (pa >= pb) {                                                       \
+                        if (lo < hi)                                                      \
+                            CK_GWR_SWITCH(1, lo, hi, r0 + rr, rr);                        \
+                        continue;                                                         \
+                    }                                                                     \
+                    if (lo < pa)                                                          \
+                        CK_GWR_SWITCH(1, lo, pa, r0 + rr, rr);                            \
+                    if (pb < hi)                                                          \
+                        CK_GWR_SWITCH(1, pb, hi, r0 + rr, rr);                            \
+                }                                                                         \
+                for (rr = 0; rr < rbc; rr++)                                              \
+                    for (sb = 0; sb < sbc; sb++) {                                        \
+                        T lanes[VL], total = 0;                                           \
+                        memcpy(lanes, &tot[rr][sb], sizeof(lanes));                       \
+                        for (l = 0; l < VL; l++)                                          \
+                            total += lanes[l];                                            \
+                        gw[(r0 + rr) * S + s0 + sb] = total;                              \
+                    }                                                                     \
+            }                                                                             \
+        }                                                                                 \
+        /* Rows no tap reaches were never loaded: look at them here. */                  \
+        for (n = 0; n < N; n++)                                                           \
+            for (p = 0; p < P; p++)                                                       \
+                if (p < seen_lo || p >= seen_hi)                                          \
+                    for (l = 0; l < Q; l++) {                                             \
+                        T g = gy[gy_off + n * gy_nstride + p * Q + l];                    \
+                        bad[0] += g - g;                                                  \
+                    }                                                                     \
+        {                                                                                 \
+            T lanes[VL], total = 0;                                                       \
+            memcpy(lanes, &bad, sizeof(lanes));                                           \
+            for (l = 0; l < VL; l++)                                                      \
+                total += lanes[l];                                                        \
+            return total != 0;                                                            \
+        }                                                                                 \
+    }
+
+/* [LO, HI): the output rows p whose input row p*sh - pt + R_*dh exists. */
+#define CK_GWR_ROWS(R_, LO, HI)                                                           \
+    do {                                                                                  \
+        int64_t base_ = (R_) * dh - pt;                                                   \
+        int64_t lo_ = base_ >= 0 ? 0 : (-base_ + sh - 1) / sh;                            \
+        int64_t hi_ = H - 1 - base_ < 0 ? 0 : (H - 1 - base_) / sh + 1;                   \
+        if (hi_ > P)                                                                      \
+            hi_ = P;                                                                      \
+        (LO) = lo_;                                                                       \
+        (HI) = hi_;                                                                       \
+    } while (0)
+
+/* A run with constant block sizes, so that the accumulators stay in
+ * registers: RBC kernel rows from R_ (RBC == 1 for edge runs, whose sums go
+ * to row T_ of the block's totals) by sbc kernel columns from s0. */
+#define CK_GWR_SWITCH(RBC, PA, PB, R_, T_)                                                \
+    do {                                                                                  \
+        if ((RBC) == 3) {                                                                 \
+            if (sbc == 3) CK_GWR_RUN(3, 3, PA, PB, R_, T_);                               \
+            else if (sbc == 2) CK_GWR_RUN(3, 2, PA, PB, R_, T_);                          \
+            else CK_GWR_RUN(3, 1, PA, PB, R_, T_);                                        \
+        } else if ((RBC) == 2) {                                                          \
+            if (sbc == 3) CK_GWR_RUN(2, 3, PA, PB, R_, T_);                               \
+            else if (sbc == 2) CK_GWR_RUN(2, 2, PA, PB, R_, T_);                          \
+            else CK_GWR_RUN(2, 1, PA, PB, R_, T_);                                        \
+        } else {                                                                          \
+            if (sbc == 3) CK_GWR_RUN(1, 3, PA, PB, R_, T_);                               \
+            else if (sbc == 2) CK_GWR_RUN(1, 2, PA, PB, R_, T_);                          \
+            else CK_GWR_RUN(1, 1, PA, PB, R_, T_);                                        \
+        }                                                                                 \
+    } while (0)
+
+/* Output rows [PA, PB) of every image for taps (R_ + rr, s0 + sb), rr < RBC,
+ * sb < SBC, added to tot[T_ + rr][sb] at the end. g - g is 0 for finite g
+ * and NaN otherwise: `bad` collects it over every grad_output vector. */
+#define CK_GWR_RUN(RBC, SBC, PA, PB, R_, T_)                                              \
+    do {                                                                                  \
+        V acc_[RBC][SBC];                                                                 \
+        int64_t n_, p_, p1_, v_, i_, j_, xrow_ = dh * W;                                  \
+        for (i_ = 0; i_ < (RBC); i_++)                                                    \
+            for (j_ = 0; j_ < (SBC); j_++)                                                \
+                acc_[i_][j_] = (V){0};                                                    \
+        for (n_ = 0; n_ < N; n_++)                                                        \
+            for (p_ = (PA); p_ < (PB); p_ = p1_) {                                        \
+                int64_t len_, gi_, xi_, last_;                                            \
+                int safe_;                                                                \
+                p1_ = p_ + rows < (PB) ? p_ + rows : (PB);                                \
+                len_ = (p1_ - p_) * Q;                                                    \
+                last_ = (len_ - 1) / VL;                                                  \
+                gi_ = gy_off + n_ * gy_nstride + p_ * Q;                                  \
+                xi_ = x_off + n_ * x_nstride + (p_ * sh + (R_) * dh - pt) * W - pl + s0;  \
+                safe_ = gi_ + (last_ + 1) * VL <= gy_len && xi_ >= 0                      \
+                        && xi_ + ((RBC) - 1) * xrow_ + ((SBC) - 1)                        \
+                           + (last_ + 1) * VL <= x_len;                                   \
+                for (v_ = 0; v_ <= last_; v_++) {                                         \
+                    V gv_, gm_[SBC];                                                      \
+                    CK_GWR_LOAD(gv_, gy, gi_ + v_ * VL, gy_len, safe_);                   \
+                    bad += gv_ - gv_;                                                     \
+                    _Pragma("GCC unroll 4")                                               \
+                    for (j_ = 0; j_ < (SBC); j_++) {                                      \
+                        VI m_;                                                            \
+                        memcpy(&m_, masks + (s0 + j_) * mask_stride + v_ * VL, sizeof(m_)); \
+                        if (v_ == last_)                                                  \
+                            m_ &= iota < (__typeof__(iota[0]))(len_ - v_ * VL);           \
+                        gm_[j_] = (V)((VI)gv_ & m_);                                      \
+                    }                                                                     \
+                    _Pragma("GCC unroll 4")                                               \
+                    for (i_ = 0; i_ < (RBC); i_++)                                        \
+                        _Pragma("GCC unroll 4")                                           \
+                        for (j_ = 0; j_ < (SBC); j_++) {                                  \
+                            V xv_;                                                        \
+                            CK_GWR_LOAD(xv_, x, xi_ + i_ * xrow_ + j_ + v_ * VL, x_len,   \
+                                        safe_);                                           \
+                            acc_[i_][j_] += gm_[j_] * xv_;                                \
+                        }                                                                 \
+                }                                                                         \
+            }                                                                             \
+        for (i_ = 0; i_ < (RBC); i_++)                                                    \
+            for (j_ = 0; j_ < (SBC); j_++)                                                \
+                tot[(T_) + i_][j_] += acc_[i_][j_];                                       \
+    } while (0)
+
+/* One vector from a[i : i + VL]; unless `safe`, lanes outside [0, len) read 0. */
+#define CK_GWR_LOAD(DST, A, I, LEN, SAFE)                                                \
+    do {                                                                                  \
+        int64_t at_ = (I);                                                                \
+        if ((SAFE) || (at_ >= 0 && at_ + VL <= (LEN))) {                                  \
+            memcpy(&(DST), (A) + at_, sizeof(DST));                                       \
+        } else {                                                                          \
+            int64_t l_;                                                                   \
+            for (l_ = 0; l_ < VL; l_++)                                                   \
+                (DST)[l_] = at_ + l_ >= 0 && at_ + l_ < (LEN) ? (A)[at_ + l_] : 0;        \
+        }                                                                                 \
+    } while (0)
+
 /* ---- row accumulation (col2im) ----------------------------------------- */
 
 /* out[i] += src[i] for i < n, the two not overlapping: 16-byte vectors, no
@@ -414,6 +615,8 @@ CK_DEFINE_GRAD_WEIGHT(ck_gw_f64_base, double, 16, CK_GW_KB, 2, CK_BASE)
 CK_DEFINE_GRAD_WEIGHT(ck_gw1_f64_base, double, 16, 1, 9, CK_BASE)
 CK_DEFINE_GRAD_WEIGHT_KVEC(ck_gwk_f32_base, float, 16, 2, 6, CK_BASE)
 CK_DEFINE_GRAD_WEIGHT_KVEC(ck_gwk_f64_base, double, 16, 2, 6, CK_BASE)
+CK_DEFINE_GRAD_WEIGHT_ROWS(ck_gwr_f32_base, float, int32_t, 16, CK_BASE)
+CK_DEFINE_GRAD_WEIGHT_ROWS(ck_gwr_f64_base, double, int64_t, 16, CK_BASE)
 CK_DEFINE_NONFINITE(ck_nonfinite_f32_base, float, 16, CK_BASE)
 CK_DEFINE_NONFINITE(ck_nonfinite_f64_base, double, 16, CK_BASE)
 #if CK_X86
@@ -429,6 +632,8 @@ CK_DEFINE_GRAD_WEIGHT(ck_gw_f64_avx2, double, 32, CK_GW_KB, 2, CK_AVX2)
 CK_DEFINE_GRAD_WEIGHT(ck_gw1_f64_avx2, double, 32, 1, 9, CK_AVX2)
 CK_DEFINE_GRAD_WEIGHT_KVEC(ck_gwk_f32_avx2, float, 32, 2, 6, CK_AVX2)
 CK_DEFINE_GRAD_WEIGHT_KVEC(ck_gwk_f64_avx2, double, 32, 2, 6, CK_AVX2)
+CK_DEFINE_GRAD_WEIGHT_ROWS(ck_gwr_f32_avx2, float, int32_t, 32, CK_AVX2)
+CK_DEFINE_GRAD_WEIGHT_ROWS(ck_gwr_f64_avx2, double, int64_t, 32, CK_AVX2)
 CK_DEFINE_NONFINITE(ck_nonfinite_f32_avx2, float, 32, CK_AVX2)
 CK_DEFINE_NONFINITE(ck_nonfinite_f64_avx2, double, 32, CK_AVX2)
 CK_DEFINE_FORWARD(ck_fwd_f32_avx512, float, 64, CK_KB, 2, CK_AVX512)
@@ -447,6 +652,8 @@ CK_DEFINE_GRAD_WEIGHT(ck_gw_f64_avx512, double, 64, CK_GW_KB, 3, CK_AVX512)
 CK_DEFINE_GRAD_WEIGHT(ck_gw1_f64_avx512, double, 64, 1, 9, CK_AVX512)
 CK_DEFINE_GRAD_WEIGHT_KVEC(ck_gwk_f32_avx512, float, 64, 2, 12, CK_AVX512)
 CK_DEFINE_GRAD_WEIGHT_KVEC(ck_gwk_f64_avx512, double, 64, 2, 12, CK_AVX512)
+CK_DEFINE_GRAD_WEIGHT_ROWS(ck_gwr_f32_avx512, float, int32_t, 64, CK_AVX512)
+CK_DEFINE_GRAD_WEIGHT_ROWS(ck_gwr_f64_avx512, double, int64_t, 64, CK_AVX512)
 CK_DEFINE_NONFINITE(ck_nonfinite_f32_avx512, float, 64, CK_AVX512)
 CK_DEFINE_NONFINITE(ck_nonfinite_f64_avx512, double, 64, CK_AVX512)
 #endif
@@ -480,6 +687,15 @@ typedef void (*ck_gwk_f64_t)(const double *, int64_t, int64_t, int64_t, const do
                              int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, double *,
                              int, int, double *, int64_t);
 
+typedef int (*ck_gwr_f32_t)(const float *, int64_t, int64_t, int64_t, const float *, int64_t,
+                             int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                             int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                             const float *, int64_t, float *);
+typedef int (*ck_gwr_f64_t)(const double *, int64_t, int64_t, int64_t, const double *,
+                             int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                             int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                             int64_t, const double *, int64_t, double *);
+
 typedef int (*ck_nonfinite_f32_t)(const float *, int64_t);
 typedef int (*ck_nonfinite_f64_t)(const double *, int64_t);
 
@@ -500,6 +716,8 @@ typedef struct {
     ck_gwk_f32_t gwk_f32;
     ck_gwk_f64_t gwk_f64;
     int gwk_f32_block, gwk_f64_block, gwk_cols; /* channels and columns per block */
+    ck_gwr_f32_t gwr_f32; /* depthwise by rows, column stride 1 */
+    ck_gwr_f64_t gwr_f64;
     ck_nonfinite_f32_t nonfinite_f32;
     ck_nonfinite_f64_t nonfinite_f64;
 } ck_kernels_t;
@@ -509,6 +727,7 @@ static ck_kernels_t ck_kernels = {
     ck_fwd1_f64_base, ck_fwdk_f64_base, 16, 8, ck_fwdk_f32_base, ck_fwdk_f64_base, 16, 8,
     ck_gw_f32_base, ck_gw_f64_base,
     ck_gw1_f32_base, ck_gw1_f64_base, ck_gwk_f32_base, ck_gwk_f64_base, 8, 4, 6,
+    ck_gwr_f32_base, ck_gwr_f64_base,
     ck_nonfinite_f32_base, ck_nonfinite_f64_base};
 
 /* Pick the widest variant this CPU runs; CONVKIT_ISA=avx2|baseline caps it. */
@@ -525,7 +744,8 @@ static void ck_select_kernels(const char *cap)
                           ck_fwdk_f64_avx512, 32, 16, ck_fwdkw_f32_avx512,
                           ck_fwdkw_f64_avx512, 64, 32, ck_gw_f32_avx512, ck_gw_f64_avx512,
                           ck_gw1_f32_avx512, ck_gw1_f64_avx512, ck_gwk_f32_avx512,
-                          ck_gwk_f64_avx512, 32, 16, 12, ck_nonfinite_f32_avx512,
+                          ck_gwk_f64_avx512, 32, 16, 12, ck_gwr_f32_avx512, ck_gwr_f64_avx512,
+                          ck_nonfinite_f32_avx512,
                           ck_nonfinite_f64_avx512};
         ck_kernels = k;
     } else if (allow2 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
@@ -534,7 +754,8 @@ static void ck_select_kernels(const char *cap)
                           ck_fwdk_f32_avx2, ck_fwdk_f64_avx2, 16, 8,
                           ck_gw_f32_avx2, ck_gw_f64_avx2, ck_gw1_f32_avx2,
                           ck_gw1_f64_avx2, ck_gwk_f32_avx2,
-                          ck_gwk_f64_avx2, 16, 8, 6, ck_nonfinite_f32_avx2,
+                          ck_gwk_f64_avx2, 16, 8, 6, ck_gwr_f32_avx2, ck_gwr_f64_avx2,
+                          ck_nonfinite_f32_avx2,
                           ck_nonfinite_f64_avx2};
         ck_kernels = k;
     }
