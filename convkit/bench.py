@@ -317,10 +317,12 @@ class Settings:
     reference_skip_s: float | None
     # Untimed warm-up of convkit's and PyTorch's calls (see measure).
     settle_s: float = 0.0
+    # Rounds in which PyTorch and convkit's methods take turns (see measure_interleaved).
+    rounds: int = 1
 
 
 FULL = Settings(budget_s=0.5, min_repeats=5, reference_budget_s=0.3, reference_min_repeats=2,
-                reference_skip_s=None, settle_s=0.3)
+                reference_skip_s=None, settle_s=0.3, rounds=3)
 QUICK = Settings(budget_s=0.0, min_repeats=2, reference_budget_s=0.0, reference_min_repeats=1,
                  reference_skip_s=0.25)
 GEMM_SIZE = 1024
@@ -340,6 +342,33 @@ class _TorchThreads:
     def __exit__(self, *exc):
         if self.torch is not None:
             self.torch.set_num_threads(self.previous)
+
+
+def measure_interleaved(fns, budget_s, min_repeats, settle_s=0.0, rounds=1):
+    """Time calls that are to be compared: ``rounds`` rounds in which each takes its turn.
+
+    Each call first runs once, untimed (its result is returned). Each round
+    then gives every call ``budget_s / rounds`` seconds and a share of
+    ``min_repeats`` (see measure, with ``settle_s``), starting one call
+    further along than the round before, so that whatever a call leaves
+    behind (OpenBLAS's threads spinning, a cold cache) falls on a different
+    neighbour each round. A call's median is the median of its rounds'
+    medians: one disturbed round does not move it. Returns (Timing, result)
+    per call, in order.
+    """
+    results = [fn() for fn in fns]
+    medians = [[] for _ in fns]
+    repeats = [0] * len(fns)
+    share = max(1, -(-min_repeats // rounds))
+    for i in range(rounds):
+        for j in range(len(fns)):
+            k = (i + j) % len(fns)
+            timing, _ = measure(fns[k], budget_s / rounds, share, warmup=settle_s > 0,
+                                settle_s=settle_s)
+            medians[k].append(timing.median_s)
+            repeats[k] += timing.repeats
+    return [(Timing(statistics.median(m), r), result)
+            for m, r, result in zip(medians, repeats, results)]
 
 
 def measure_gemm(dtype, n_threads, settings, size=GEMM_SIZE):
@@ -474,16 +503,20 @@ def _run_case(case, n, expected, reference_fn, time_reference, torch_fn, gemm_gf
     if time_reference:
         reference_time = measure(reference_fn, settings.reference_budget_s,
                                  settings.reference_min_repeats, warmup=False)[0].median_s
+    # PyTorch and every method of convkit take turns, so that the ratios
+    # between them come from the same stretch of a noisy machine.
+    fns = [case.convkit(method) for method in case.methods]
     if torch_fn is not None:
-        timing, outputs = measure(torch_fn, settings.budget_s, settings.min_repeats,
-                                  settle_s=settings.settle_s)
+        fns.append(torch_fn)
+    timings = measure_interleaved(fns, settings.budget_s, settings.min_repeats,
+                                  settings.settle_s, settings.rounds)
+    if torch_fn is not None:
+        timing, outputs = timings.pop()
         torch_time = timing.median_s
         torch_rel = max_errors(to_numpy(outputs), expected)[1]
     copy_rate = None if case.is_conv else measure_copy(case.x, settings)
     rows = []
-    for method in case.methods:
-        timing, outputs = measure(case.convkit(method), settings.budget_s, settings.min_repeats,
-                                  settle_s=settings.settle_s)
+    for method, (timing, outputs) in zip(case.methods, timings):
         max_abs, max_rel = max_errors(outputs, expected)
         rate = case.work / timing.median_s / 1e9
         rows.append({

@@ -237,3 +237,29 @@ def test_measure_settles_before_timing():
                               min_repeats=2, settle_s=0.05)
     assert timing.repeats == 2
     assert stamps[-3] - stamps[0] >= 0.05 and len(stamps) >= 4
+
+
+def test_measure_interleaved_takes_turns():
+    """Each round starts one call further along; a call's median is its rounds' median."""
+    import time
+
+    log = []
+
+    def call(name, seconds):
+        def fn():
+            log.append(name)
+            # b's second round (its 3rd call, after the untimed one) is disturbed.
+            disturbed = name == "b" and log.count("b") == 3
+            time.sleep(0.05 if disturbed else seconds)
+            return name
+        return fn
+
+    fns = [call("a", 0.001), call("b", 0.001), call("c", 0.003)]
+    timings = bench.measure_interleaved(fns, budget_s=0.0, min_repeats=3, rounds=3)
+    assert [result for _, result in timings] == ["a", "b", "c"]
+    assert [t.repeats for t, _ in timings] == [3, 3, 3]
+    # Untimed first calls, then rounds starting at a, b, c in turn.
+    assert log == ["a", "b", "c", "a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    # b's disturbed round does not move its median.
+    assert timings[1][0].median_s < 0.01
+    assert timings[0][0].median_s < timings[2][0].median_s
