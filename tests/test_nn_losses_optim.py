@@ -135,7 +135,7 @@ def test_optimizers_keep_float32_and_update_in_place():
 
 @pytest.mark.parametrize("name", ["sgd", "nesterov", "adam"])
 def test_optimizers_match_torch(name):
-    torch = pytest.importorskip("torch")
+    torch = pytest.importorskip("torch", exc_type=ImportError)
     rng = np.random.default_rng(0)
     start = rng.standard_normal((3, 4))
     grads = [rng.standard_normal((3, 4)) for _ in range(6)]

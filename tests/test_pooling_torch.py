@@ -9,7 +9,7 @@ import convkit
 from convkit import reference
 from _helpers import assert_close
 
-torch = pytest.importorskip("torch")
+torch = pytest.importorskip("torch", exc_type=ImportError)
 F = torch.nn.functional
 
 DTYPES = [pytest.param(np.float32, id="float32"), pytest.param(np.float64, id="float64")]
