@@ -40,8 +40,10 @@ _NARROW_TASKS_PER_THREAD = 4
 # Bytes of input and grad_output planes the depthwise grad_weight packs at a
 # time per thread (its sums run over that many images at once).
 _DEPTHWISE_SCRATCH = 256 * 1024
-# Output positions per run of the depthwise grad_weight's row kernel.
+# Output positions per run of the depthwise grad_weight's row kernel, and
+# the mask columns past a run its widest vector (16 float32 lanes) may read.
 _DEPTHWISE_RUN = 512
+_MASK_SLACK = 16
 # The channel-vector grad_weight splits the images when its channel and
 # column blocks make fewer tasks than this (a property of the shape only).
 _GW_MIN_TASKS = 8
@@ -507,14 +509,14 @@ def _grad_weight_channel_vector(grad_output, x, g, n_threads):
 
 
 def _depthwise_masks(g, rows, dtype):
-    """(S, rows*Q + 16) bit masks of the depthwise row kernel, in ``dtype``.
+    """(S, rows*Q + _MASK_SLACK) bit masks of the depthwise row kernel, in ``dtype``.
 
     Element i of row s is all ones where output position i of a run of
     ``rows`` output rows reads a real input column at kernel column s
     (i < rows*Q and 0 <= i % Q - pl + s < W), zero otherwise; the kernel
     ANDs grad_output's vectors with them.
     """
-    i = np.arange(rows * g.Q + 16)
+    i = np.arange(rows * g.Q + _MASK_SLACK)
     col = (i % g.Q)[None, :] - g.padding[1][0] + np.arange(g.S)[:, None]
     valid = (i < rows * g.Q) & (col >= 0) & (col < g.W)
     bits = np.dtype(f"u{np.dtype(dtype).itemsize}")
@@ -533,14 +535,16 @@ def _grad_weight_depthwise(grad_output, x, g, n_threads):
     Hph, Wph, plane_len, tap_off = _phase_layout(g)
     (sh, sw) = g.stride
     per_image = sh * sw * plane_len + g.P * Wph
-    # A property of the shape alone: the sums' order depends on it.
-    images = max(1, min(g.N, _DEPTHWISE_SCRATCH // (x.itemsize * per_image)))
-    rows = 0
     if sw == 1 and g.dilation[1] == 1:
         rows = max(1, _DEPTHWISE_RUN // g.Q) if g.Q == sh * g.W else 1
         masks = _depthwise_masks(g, rows, x.dtype)
+        # Packing is then the rare fallback: one image at a time keeps the
+        # scratch zeroed on every call small.
+        images = 1
     else:
-        masks = np.zeros((1, 1), dtype=x.dtype)
+        rows, masks = 0, np.zeros((1, 1), dtype=x.dtype)
+        # A property of the shape alone: the sums' order depends on it.
+        images = max(1, min(g.N, _DEPTHWISE_SCRATCH // (x.itemsize * per_image)))
     scratch = _scratch("threads", (n_threads, images * per_image + g.R * g.S), x.dtype,
                        zero=True)
     grad_weight = np.empty((g.K, 1, g.R * g.S), dtype=x.dtype)

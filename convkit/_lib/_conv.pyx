@@ -659,7 +659,7 @@ def grad_weight_depthwise(const floating[:, :, :, ::1] gy,  # IN  (N, K, P, Q)
                           const floating[:, :, :, ::1] x,   # IN  (N, C, H, W), C == groups
                           const int64_t[::1] tap_off,       # IN  (R*S,)
                           floating[:, :, ::1] gw,           # OUT (K, 1, R*S)
-                          const floating[:, ::1] masks,     # IN  (S, rows*Q + 16) bit masks
+                          const floating[:, ::1] masks,     # IN  (S, >= rows*Q + 16) bit masks
                           floating[:, ::1] scratch,  # ZEROED (n_threads, images*(sh*sw*plane_len + grid_len) + R*S)
                           int64_t sh, int64_t sw, int64_t pt, int64_t pl, int64_t Hph,
                           int64_t Wph, int64_t plane_len, int64_t images, int64_t R,
@@ -668,14 +668,13 @@ def grad_weight_depthwise(const floating[:, :, :, ::1] gy,  # IN  (N, K, P, Q)
 
     One task per output channel k sums every image in order, so the result
     does not depend on the thread count. With ``rows`` > 0 (column stride
-    and dilation 1)
-    the row kernel reads x and grad_output where they lie, ``rows`` output
-    rows at a time, its lanes cleared by ``masks`` (see _direct.h and
-    functional._depthwise_masks), for every channel whose grad_output is
-    finite: its cleared lanes would hide what 0 * inf gives. Other channels
-    pack, for ``images``
-    images at a time, their input channel's phase planes and grad_output's
-    plane (on the Wph grid, zero past column Q) into the thread's scratch.
+    and dilation 1) the row kernel reads x and grad_output where they lie,
+    ``rows`` output rows at a time, its lanes cleared by ``masks`` (see
+    _direct.h and functional._depthwise_masks), for every channel whose
+    grad_output is finite: its cleared lanes would hide what 0 * inf gives.
+    Other channels pack, for ``images`` images at a time, their input
+    channel's phase planes and grad_output's plane (on the Wph grid, zero
+    past column Q) into the thread's scratch.
     ``scratch`` must come zeroed: its padding and grid columns then stay
     zero and only the input's and grad_output's elements are copied.
     """
@@ -684,7 +683,7 @@ def grad_weight_depthwise(const floating[:, :, :, ::1] gy,  # IN  (N, K, P, Q)
     cdef int64_t RS = gw.shape[2], Kg = K // C, S = RS // R
     cdef int64_t chan_stride = sh * sw * plane_len, grid_len = P * Wph
     cdef int64_t gy_len = N * K * P * Q, x_len = N * C * H * W
-    cdef int64_t k, n, n0, n1, i, p, q, t
+    cdef int64_t k, n0, n1, i, p, q, t
     cdef int bad
     cdef floating *xs
     cdef floating *grid
