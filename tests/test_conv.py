@@ -47,6 +47,10 @@ CASES = {
     "channel_vector_gw_groups2_K_tail": ((3, 6, 7, 8), (40, 3, 3, 3), True,
                                          dict(groups=2, padding=1)),
     "C1_K8_stride2_auto_im2col": ((2, 1, 9, 8), (8, 1, 3, 3), True, dict(stride=2, padding=1)),
+    # Single-channel gradients under "auto": grad_input direct at stride 1,
+    # grad_weight by the depthwise row kernel (3x3) or the channel-vector one.
+    "C1_K32_3x3_same_depthwise_rows": ((2, 1, 9, 10), (32, 1, 3, 3), False, dict(padding=1)),
+    "C1_K20_5x5_channel_vector_gw": ((3, 1, 9, 8), (20, 1, 5, 5), True, {}),
     "channel_vector_gw_9_images_stride2": ((9, 4, 11, 10), (24, 4, 3, 2), False,
                                            dict(stride=2, dilation=(1, 2), padding=1)),
     # grad_input as weights x grad_output then col2im: small maps, groups,
