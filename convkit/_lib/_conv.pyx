@@ -778,12 +778,16 @@ def grad_input_scatter(const floating[:, :, ::1] gy,         # IN  (N, K, P*Q)
         for c in range(Cg):
             plane = &gi[n, g * Cg + c, 0, 0]
             memset(plane, 0, H * W * sizeof(floating))
-            for r in range(R):
-                for s in range(S):
+            # Kernel columns outermost: successive kernel rows then add to
+            # the same columns of a row, so each load of a row finds the
+            # last store to those columns whole (a kernel-column step would
+            # load across two stores still in flight, and stall).
+            for s in range(S):
+                offset = s * dw - pl
+                q_lo = _first_column(Q, sw, offset)
+                q_hi = _max(_end_column(W, Q, sw, offset), q_lo)
+                for r in range(R):
                     src = cols + ((c * R + r) * S + s) * L
-                    offset = s * dw - pl
-                    q_lo = _first_column(Q, sw, offset)
-                    q_hi = _max(_end_column(W, Q, sw, offset), q_lo)
                     for p in range(P):
                         ih = p * sh - pt + r * dh
                         if ih < 0 or ih >= H:
