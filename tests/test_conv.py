@@ -51,6 +51,10 @@ CASES = {
     # grad_weight by the depthwise row kernel (3x3) or the channel-vector one.
     "C1_K32_3x3_same_depthwise_rows": ((2, 1, 9, 10), (32, 1, 3, 3), False, dict(padding=1)),
     "C1_K20_5x5_channel_vector_gw": ((3, 1, 9, 8), (20, 1, 5, 5), True, {}),
+    # Few input channels, 8 or more output channels: grad_input scatters
+    # (col2im), here with input pixels no tap reaches between the strides.
+    "narrow_scatter_stride3_dilation2": ((2, 2, 11, 10), (8, 2, 2, 3), True,
+                                         dict(stride=3, dilation=2, padding=1)),
     "channel_vector_gw_9_images_stride2": ((9, 4, 11, 10), (24, 4, 3, 2), False,
                                            dict(stride=2, dilation=(1, 2), padding=1)),
     # grad_input as weights x grad_output then col2im: small maps, groups,
