@@ -408,7 +408,7 @@ def _grad_input_scatter(grad_output, weight, g, n_threads):
     rows = weight.reshape(G, Kg, Cg * RS).transpose(0, 2, 1)[:, :, :, None, None]
     wpk = _pack_weight(rows, pointwise, _conv.CHANNEL_BLOCK)
     blocks = wpk.shape[1]
-    scratch = _scratch("threads", (n_threads, Kg * L + _conv.PLANE_SLACK
+    scratch = _scratch("threads", (n_threads, Kg * L + 2 * _conv.PLANE_SLACK
                                    + blocks * _conv.CHANNEL_BLOCK * L), weight.dtype)
     grad_input = np.empty(g.input_shape, dtype=weight.dtype)
     (sh, sw), (dh, dw) = g.stride, g.dilation

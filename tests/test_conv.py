@@ -62,6 +62,13 @@ CASES = {
     "scatter_grad_input_groups_dilation": ((2, 4, 9, 10), (6, 2, 3, 3), True,
                                            dict(groups=2, dilation=2, stride=(1, 2))),
     "scatter_grad_input_pad_5x5": ((3, 5, 8, 8), (9, 5, 5, 5), False, dict(padding=1)),
+    # col2im by output pixel (column stride 1): rows wider than a vector and
+    # not a multiple of one, column dilation, a channel tail past its blocks
+    # of 4, and a row stride.
+    "scatter_wide_rows_dilation_channel_tail": ((2, 5, 7, 35), (8, 5, 3, 4), True,
+                                                dict(dilation=(2, 3), padding=(2, 4))),
+    "scatter_row_stride2": ((1, 3, 13, 20), (12, 3, 5, 3), False,
+                            dict(stride=(2, 1), padding=(2, 0))),
     # Stride 1, no padding: the channel-vector kernels read x without packing.
     "channel_vector_unpacked_input": ((2, 20, 7, 6), (36, 20, 3, 3), True, {}),
     "1x1_pointwise_direct_grad_weight": ((3, 6, 5, 7), (20, 6, 1, 1), True, {}),

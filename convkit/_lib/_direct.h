@@ -568,6 +568,118 @@
 CK_DEFINE_ADD_ROWS(ck_add_rows_f32, float)
 CK_DEFINE_ADD_ROWS(ck_add_rows_f64, double)
 
+/* col2im at column stride 1, by output pixel, for C channels:
+ *
+ *   plane[c][h][w] = sum_s sum_r cols[c][r*S + s][p*Q + w + pl - s*dw]
+ *
+ * over the kernel rows r for which h = p*sh - pt + r*dh with 0 <= p < P, and
+ * the kernel columns s whose column w + pl - s*dw lies in [0, Q). cols holds
+ * C*R*S rows of P*Q elements, one after the other; the planes are H*W
+ * elements apart. A vector of VL pixels of a row sums its terms in
+ * registers and is stored once: no pixel is loaded back, and every pixel of
+ * every plane is written (zero where no term reaches it). Channels go 4,
+ * then 2, then 1 at a time, and each keeps two sums, of the even and of the
+ * odd kernel columns, so that several additions are in flight. For each
+ * kernel column, the terms of every kernel row are added up (r in order)
+ * before its lanes outside the grad_output row are cleared bitwise: those
+ * lanes load whole vectors across the neighbouring row (or up to VL
+ * elements before cols or after its end, which the caller keeps readable),
+ * and whatever lies there never enters a sum. A pixel's sums start from +0
+ * and add the same terms in the same order whatever the variant; a cleared
+ * lane adds +0, which leaves such a sum unchanged. */
+#define CK_DEFINE_COL2IM_PASS(NAME, T, TI, VBYTES, CB, ATTR)                             \
+    ATTR static inline void NAME(const T *cols, int64_t cstride, int64_t P, int64_t Q,    \
+                                 int64_t R, int64_t S, int64_t sh, int64_t pt,            \
+                                 int64_t pl, int64_t dh, int64_t dw, T *plane,            \
+                                 int64_t H, int64_t W)                                    \
+    {                                                                                     \
+        typedef T V __attribute__((vector_size(VBYTES)));                                 \
+        typedef TI VI __attribute__((vector_size(VBYTES)));                               \
+        enum { VL = VBYTES / sizeof(T) };                                                 \
+        int64_t h, w0, r, s, i, l, L = P * Q;                                             \
+        VI iota;                                                                          \
+        for (l = 0; l < VL; l++)                                                          \
+            iota[l] = (TI)l;                                                              \
+        for (h = 0; h < H; h++)                                                           \
+            for (w0 = 0; w0 < W; w0 += VL) {                                              \
+                int64_t start = W >= VL && w0 + VL > W ? W - VL : w0;                     \
+                V even[CB], odd[CB];                                                      \
+                for (i = 0; i < CB; i++)                                                  \
+                    even[i] = odd[i] = (V){0};                                            \
+                for (s = 0; s < S; s++) {                                                 \
+                    int64_t off = start + pl - s * dw;                                    \
+                    V part[CB];                                                           \
+                    int any = 0;                                                          \
+                    if (off >= Q || off + VL <= 0)                                        \
+                        continue;                                                         \
+                    for (r = 0; r < R; r++) {                                             \
+                        int64_t num = h + pt - r * dh;                                    \
+                        const T *at;                                                      \
+                        if (num < 0 || num >= P * sh || (sh != 1 && num % sh != 0))       \
+                            continue;                                                     \
+                        at = cols + (r * S + s) * L + (sh == 1 ? num : num / sh) * Q + off; \
+                        for (i = 0; i < CB; i++) {                                        \
+                            V v;                                                          \
+                            memcpy(&v, at + i * cstride, sizeof(V));                      \
+                            part[i] = any ? part[i] + v : v;                              \
+                        }                                                                 \
+                        any = 1;                                                          \
+                    }                                                                     \
+                    if (!any)                                                             \
+                        continue;                                                         \
+                    if (off < 0 || off + VL > Q) {                                        \
+                        /* Keep lanes [lo, hi): the columns [0, Q) of the row. */        \
+                        TI lo = (TI)(off < 0 ? -off : 0);                                 \
+                        TI hi = (TI)(Q - off < VL ? Q - off : VL);                        \
+                        VI keep = (iota >= lo) & (iota < hi);                             \
+                        for (i = 0; i < CB; i++)                                          \
+                            part[i] = (V)((VI)part[i] & keep);                            \
+                    }                                                                     \
+                    if (s & 1)                                                            \
+                        for (i = 0; i < CB; i++)                                          \
+                            odd[i] += part[i];                                            \
+                    else                                                                  \
+                        for (i = 0; i < CB; i++)                                          \
+                            even[i] += part[i];                                           \
+                }                                                                         \
+                for (i = 0; i < CB; i++) {                                                \
+                    T *row = plane + i * H * W + h * W;                                   \
+                    V sum = even[i] + odd[i];                                             \
+                    if (start + VL <= W) {                                                \
+                        memcpy(row + start, &sum, sizeof(V));                             \
+                    } else {                                                              \
+                        T lanes[VL];                                                      \
+                        memcpy(lanes, &sum, sizeof(lanes));                               \
+                        for (l = 0; start + l < W; l++)                                   \
+                            row[start + l] = lanes[l];                                    \
+                    }                                                                     \
+                }                                                                         \
+                if (start != w0)                                                          \
+                    break;                                                                \
+            }                                                                             \
+    }
+#define CK_DEFINE_COL2IM(NAME, T, TI, VBYTES, ATTR)                                      \
+    CK_DEFINE_COL2IM_PASS(NAME##_c4, T, TI, VBYTES, 4, ATTR)                              \
+    CK_DEFINE_COL2IM_PASS(NAME##_c2, T, TI, VBYTES, 2, ATTR)                              \
+    CK_DEFINE_COL2IM_PASS(NAME##_c1, T, TI, VBYTES, 1, ATTR)                              \
+    ATTR static void NAME(const T *cols, int64_t C, int64_t P, int64_t Q, int64_t R,      \
+                          int64_t S, int64_t sh, int64_t pt, int64_t pl, int64_t dh,      \
+                          int64_t dw, T *plane, int64_t H, int64_t W)                     \
+    {                                                                                     \
+        int64_t c = 0, cstride = R * S * P * Q;                                           \
+        for (; c + 4 <= C; c += 4)                                                        \
+            NAME##_c4(cols + c * cstride, cstride, P, Q, R, S, sh, pt, pl, dh, dw,        \
+                      plane + c * H * W, H, W);                                           \
+        if (c + 2 <= C) {                                                                 \
+            NAME##_c2(cols + c * cstride, cstride, P, Q, R, S, sh, pt, pl, dh, dw,        \
+                      plane + c * H * W, H, W);                                           \
+            c += 2;                                                                       \
+        }                                                                                 \
+        if (c < C)                                                                        \
+            NAME##_c1(cols + c * cstride, cstride, P, Q, R, S, sh, pt, pl, dh, dw,        \
+                      plane + c * H * W, H, W);                                           \
+    }
+
 /* ---- finiteness scan --------------------------------------------------- */
 
 /* 1 if a[0:n] holds an inf or a NaN, else 0: x - x is +0 for finite x and NaN
@@ -619,6 +731,8 @@ CK_DEFINE_GRAD_WEIGHT_ROWS(ck_gwr_f32_base, float, int32_t, 16, CK_BASE)
 CK_DEFINE_GRAD_WEIGHT_ROWS(ck_gwr_f64_base, double, int64_t, 16, CK_BASE)
 CK_DEFINE_NONFINITE(ck_nonfinite_f32_base, float, 16, CK_BASE)
 CK_DEFINE_NONFINITE(ck_nonfinite_f64_base, double, 16, CK_BASE)
+CK_DEFINE_COL2IM(ck_col2im_f32_base, float, int32_t, 16, CK_BASE)
+CK_DEFINE_COL2IM(ck_col2im_f64_base, double, int64_t, 16, CK_BASE)
 #if CK_X86
 CK_DEFINE_FORWARD(ck_fwd_f32_avx2, float, 32, CK_KB, 1, CK_AVX2)
 CK_DEFINE_FORWARD(ck_fwd_f64_avx2, double, 32, CK_KB, 1, CK_AVX2)
@@ -636,6 +750,8 @@ CK_DEFINE_GRAD_WEIGHT_ROWS(ck_gwr_f32_avx2, float, int32_t, 32, CK_AVX2)
 CK_DEFINE_GRAD_WEIGHT_ROWS(ck_gwr_f64_avx2, double, int64_t, 32, CK_AVX2)
 CK_DEFINE_NONFINITE(ck_nonfinite_f32_avx2, float, 32, CK_AVX2)
 CK_DEFINE_NONFINITE(ck_nonfinite_f64_avx2, double, 32, CK_AVX2)
+CK_DEFINE_COL2IM(ck_col2im_f32_avx2, float, int32_t, 32, CK_AVX2)
+CK_DEFINE_COL2IM(ck_col2im_f64_avx2, double, int64_t, 32, CK_AVX2)
 CK_DEFINE_FORWARD(ck_fwd_f32_avx512, float, 64, CK_KB, 2, CK_AVX512)
 CK_DEFINE_FORWARD(ck_fwd_f64_avx512, double, 64, CK_KB, 2, CK_AVX512)
 CK_DEFINE_FORWARD(ck_fwd1_f32_avx512, float, 64, 1, 8, CK_AVX512)
@@ -656,6 +772,8 @@ CK_DEFINE_GRAD_WEIGHT_ROWS(ck_gwr_f32_avx512, float, int32_t, 64, CK_AVX512)
 CK_DEFINE_GRAD_WEIGHT_ROWS(ck_gwr_f64_avx512, double, int64_t, 64, CK_AVX512)
 CK_DEFINE_NONFINITE(ck_nonfinite_f32_avx512, float, 64, CK_AVX512)
 CK_DEFINE_NONFINITE(ck_nonfinite_f64_avx512, double, 64, CK_AVX512)
+CK_DEFINE_COL2IM(ck_col2im_f32_avx512, float, int32_t, 64, CK_AVX512)
+CK_DEFINE_COL2IM(ck_col2im_f64_avx512, double, int64_t, 64, CK_AVX512)
 #endif
 
 typedef void (*ck_fwd_f32_t)(const float *, const float *, const int64_t *, int64_t, int64_t,
@@ -698,6 +816,12 @@ typedef int (*ck_gwr_f64_t)(const double *, int64_t, int64_t, int64_t, const dou
 
 typedef int (*ck_nonfinite_f32_t)(const float *, int64_t);
 typedef int (*ck_nonfinite_f64_t)(const double *, int64_t);
+typedef void (*ck_col2im_f32_t)(const float *, int64_t, int64_t, int64_t, int64_t, int64_t,
+                                int64_t, int64_t, int64_t, int64_t, int64_t, float *, int64_t,
+                                int64_t);
+typedef void (*ck_col2im_f64_t)(const double *, int64_t, int64_t, int64_t, int64_t, int64_t,
+                                int64_t, int64_t, int64_t, int64_t, int64_t, double *, int64_t,
+                                int64_t);
 
 typedef struct {
     const char *isa;
@@ -720,6 +844,8 @@ typedef struct {
     ck_gwr_f64_t gwr_f64;
     ck_nonfinite_f32_t nonfinite_f32;
     ck_nonfinite_f64_t nonfinite_f64;
+    ck_col2im_f32_t col2im_f32; /* column stride 1 */
+    ck_col2im_f64_t col2im_f64;
 } ck_kernels_t;
 
 static ck_kernels_t ck_kernels = {
@@ -728,7 +854,7 @@ static ck_kernels_t ck_kernels = {
     ck_gw_f32_base, ck_gw_f64_base,
     ck_gw1_f32_base, ck_gw1_f64_base, ck_gwk_f32_base, ck_gwk_f64_base, 8, 4, 6,
     ck_gwr_f32_base, ck_gwr_f64_base,
-    ck_nonfinite_f32_base, ck_nonfinite_f64_base};
+    ck_nonfinite_f32_base, ck_nonfinite_f64_base, ck_col2im_f32_base, ck_col2im_f64_base};
 
 /* Pick the widest variant this CPU runs; CONVKIT_ISA=avx2|baseline caps it. */
 static void ck_select_kernels(const char *cap)
@@ -746,7 +872,8 @@ static void ck_select_kernels(const char *cap)
                           ck_gw1_f32_avx512, ck_gw1_f64_avx512, ck_gwk_f32_avx512,
                           ck_gwk_f64_avx512, 32, 16, 12, ck_gwr_f32_avx512, ck_gwr_f64_avx512,
                           ck_nonfinite_f32_avx512,
-                          ck_nonfinite_f64_avx512};
+                          ck_nonfinite_f64_avx512, ck_col2im_f32_avx512,
+                          ck_col2im_f64_avx512};
         ck_kernels = k;
     } else if (allow2 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
         ck_kernels_t k = {"avx2", ck_fwd_f32_avx2, ck_fwd1_f32_avx2, ck_fwdk_f32_avx2,
@@ -756,7 +883,8 @@ static void ck_select_kernels(const char *cap)
                           ck_gw1_f64_avx2, ck_gwk_f32_avx2,
                           ck_gwk_f64_avx2, 16, 8, 6, ck_gwr_f32_avx2, ck_gwr_f64_avx2,
                           ck_nonfinite_f32_avx2,
-                          ck_nonfinite_f64_avx2};
+                          ck_nonfinite_f64_avx2, ck_col2im_f32_avx2,
+                          ck_col2im_f64_avx2};
         ck_kernels = k;
     }
 #else
