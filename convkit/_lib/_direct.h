@@ -316,7 +316,10 @@
                             col = col0;                                                 \
                         xo[i] = xn + (col / RS - c_base) * chan_stride + tap_off[col % RS]; \
                     }                                                                   \
-                    memcpy(acc, slot, sizeof(acc));                                     \
+                    /* Vector by vector: a whole-array copy becomes rep movs. */       \
+                    for (i = 0; i < TB; i++)                                            \
+                        for (v = 0; v < KV; v++)                                        \
+                            memcpy(&acc[i][v], slot + (i * KV + v) * VL, sizeof(V));    \
                     for (p = p0; p < p1; p++) {                                         \
                         const T *g = gt + (p - p0) * Q * KBW;                           \
                         int64_t xrow = p * Wph;                                         \
@@ -331,7 +334,9 @@
                             }                                                           \
                         }                                                               \
                     }                                                                   \
-                    memcpy(slot, acc, sizeof(acc));                                     \
+                    for (i = 0; i < TB; i++)                                            \
+                        for (v = 0; v < KV; v++)                                        \
+                            memcpy(slot + (i * KV + v) * VL, &acc[i][v], sizeof(V));    \
                 }                                                                       \
             }                                                                           \
         }                                                                               \
