@@ -318,6 +318,15 @@ def kernel_isa():
     return ck_kernels.isa.decode()
 
 
+cdef inline void _gather_stride2(floating *out, const floating *src, int64_t lo,
+                                 int64_t hi) noexcept nogil:
+    """out[j] = src[2*j] for lo <= j < hi: a constant stride, which the compiler
+    vectorizes with shuffles where a variable one stays scalar."""
+    cdef int64_t j
+    for j in range(lo, hi):
+        out[j] = src[2 * j]
+
+
 cdef inline void _pack_plane(const floating *xplane, floating *plane, int64_t H, int64_t W,
                              int64_t sh, int64_t sw, int64_t a, int64_t pt, int64_t offset,
                              int64_t rows, int64_t width, int64_t L,
@@ -345,6 +354,8 @@ cdef inline void _pack_plane(const floating *xplane, floating *plane, int64_t H,
         if sw == 1:
             memcpy(plane + i * width + j_lo, xplane + h * W + j_lo + offset,
                    (j_hi - j_lo) * sizeof(floating))
+        elif sw == 2:
+            _gather_stride2(plane + i * width, xplane + h * W + offset, j_lo, j_hi)
         else:
             for j in range(j_lo, j_hi):
                 plane[i * width + j] = xplane[h * W + j * sw + offset]
