@@ -196,6 +196,7 @@ cdef extern from "_direct.h" nogil:
     enum:
         CK_KB
         CK_GW_KB
+        CK_SHORT
         CK_SLACK
     ctypedef void (*ck_fwd_f32_t)(const float *, const float *, const int64_t *, int64_t,
                                   int64_t, int64_t, int64_t, int64_t, int64_t, float *,
@@ -272,6 +273,8 @@ cdef extern from "_direct.h" nogil:
         ck_nonfinite_f64_t nonfinite_f64
         ck_col2im_f32_t col2im_f32
         ck_col2im_f64_t col2im_f64
+        ck_fwd_f32_t fwds_f32
+        ck_fwd_f64_t fwds_f64
     ck_kernels_t ck_kernels
     void ck_select_kernels(const char *cap)
     void ck_add_rows_f32(float *out, const float *src, int64_t n)
@@ -427,7 +430,8 @@ cdef inline void _forward_block(const floating *x, const floating *w, const int6
                 x, w, tap_off, Cg, RS, chan_stride, Wph, Q, P, grid, gstride, y, ks, rs, cs,
                 kcount, bias, S, dh, row_lo, rows)
         else:
-            (kern.fwd_f32 if kb == CK_KB else kern.fwd1_f32)(
+            (kern.fwd1_f32 if kb != CK_KB else
+             kern.fwds_f32 if Cg * RS < CK_SHORT else kern.fwd_f32)(
                 x, w, tap_off, Cg, RS, chan_stride, Wph, Q, P, grid, gstride, y, ks, rs, cs,
                 kcount, bias)
     else:
@@ -436,7 +440,8 @@ cdef inline void _forward_block(const floating *x, const floating *w, const int6
                 x, w, tap_off, Cg, RS, chan_stride, Wph, Q, P, grid, gstride, y, ks, rs, cs,
                 kcount, bias, S, dh, row_lo, rows)
         else:
-            (kern.fwd_f64 if kb == CK_KB else kern.fwd1_f64)(
+            (kern.fwd1_f64 if kb != CK_KB else
+             kern.fwds_f64 if Cg * RS < CK_SHORT else kern.fwd_f64)(
                 x, w, tap_off, Cg, RS, chan_stride, Wph, Q, P, grid, gstride, y, ks, rs, cs,
                 kcount, bias)
 

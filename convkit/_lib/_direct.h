@@ -36,6 +36,8 @@
 
 /* Output channels per forward block (the packed weight layout's last axis). */
 #define CK_KB 8
+/* Reductions (C/G * R*S terms) shorter than this take the fwds_* kernels. */
+#define CK_SHORT 16
 /* Zero slack after each packed plane, in elements: covers over-reads of the
  * widest vector chunk. */
 #define CK_SLACK 128
@@ -46,9 +48,18 @@
 #define CK_X86 0
 #endif
 
+/* Fully unroll a loop over a register block, so its arrays stay in registers. */
+#if defined(__clang__)
+#define CK_UNROLL _Pragma("unroll")
+#elif defined(__GNUC__)
+#define CK_UNROLL _Pragma("GCC unroll 16")
+#else
+#define CK_UNROLL
+#endif
+
 /* ---- forward ----------------------------------------------------------- */
 
-#define CK_DEFINE_FORWARD(NAME, T, VBYTES, KB, QB, ATTR)                              \
+#define CK_DEFINE_FORWARD(NAME, T, VBYTES, KB, KS, QB, ATTR)                          \
     ATTR static void NAME(const T *x, const T *w, const int64_t *tap_off,              \
                           int64_t Cg, int64_t RS, int64_t chan_stride,                 \
                           int64_t Wph, int64_t Q, int64_t P, T *grid, int64_t gstride, \
@@ -58,49 +69,55 @@
     {                                                                                  \
         typedef T V __attribute__((vector_size(VBYTES)));                              \
         enum { VL = VBYTES / sizeof(T), QW = VL * QB };                                \
-        int64_t j0, c, t, kb, b, p, q, grid_len = P * Wph;                             \
+        int64_t j0, k0, c, t, kb, b, p, q, grid_len = P * Wph;                         \
         /* Exact positions (Wph == Q) into a contiguous output: store from        \
          * the registers, no grid. */                                             \
         int direct = Wph == Q && out_cstride == 1 && out_rstride == Q;                 \
-        for (j0 = 0; j0 < grid_len; j0 += QW) {                                        \
-            V acc[KB][QB];                                                             \
-            for (kb = 0; kb < KB; kb++)                                                \
-                for (b = 0; b < QB; b++)                                               \
-                    acc[kb][b] = (V){0};                                               \
-            for (c = 0; c < Cg; c++) {                                                 \
-                const T *xc = x + c * chan_stride + j0;                                \
-                const T *wc = w + c * RS * KB;                                         \
-                for (t = 0; t < RS; t++) {                                             \
-                    const T *xp = xc + tap_off[t];                                     \
-                    const T *wt = wc + t * KB;                                         \
-                    V xv[QB];                                                          \
-                    for (b = 0; b < QB; b++)                                           \
-                        memcpy(&xv[b], xp + b * VL, sizeof(V));                        \
-                    for (kb = 0; kb < KB; kb++)                                        \
-                        for (b = 0; b < QB; b++)                                       \
-                            acc[kb][b] += xv[b] * wt[kb];                              \
-                }                                                                      \
-            }                                                                          \
-            if (direct)                                                                \
-                for (kb = 0; kb < kcount; kb++) {                                      \
-                    T *o = out + kb * out_kstride;                                     \
-                    for (b = 0; b < QB; b++) {                                         \
-                        int64_t j = j0 + b * VL;                                       \
-                        V r = acc[kb][b] + bias[kb];                                   \
-                        if (j + VL <= grid_len) {                                      \
-                            memcpy(o + j, &r, sizeof(V));                              \
-                        } else {                                                       \
-                            T lanes[VL];                                               \
-                            memcpy(lanes, &r, sizeof(lanes));                          \
-                            for (q = 0; j + q < grid_len; q++)                         \
-                                o[j + q] = lanes[q];                                   \
-                        }                                                              \
+        for (j0 = 0; j0 < grid_len; j0 += QW)                                          \
+            /* KS of the block's KB channels at a time: a narrower register       \
+             * block leaves room for more position vectors (16 registers). */     \
+            for (k0 = 0; k0 < kcount; k0 += KS) {                                      \
+                V acc[KS][QB];                                                         \
+                CK_UNROLL for (kb = 0; kb < KS; kb++)                                  \
+                    CK_UNROLL for (b = 0; b < QB; b++)                                 \
+                        acc[kb][b] = (V){0};                                           \
+                for (c = 0; c < Cg; c++) {                                             \
+                    const T *xc = x + c * chan_stride + j0;                            \
+                    const T *wc = w + c * RS * KB + k0;                                \
+                    for (t = 0; t < RS; t++) {                                         \
+                        const T *xp = xc + tap_off[t];                                 \
+                        const T *wt = wc + t * KB;                                     \
+                        V xv[QB];                                                      \
+                        CK_UNROLL for (b = 0; b < QB; b++)                             \
+                            memcpy(&xv[b], xp + b * VL, sizeof(V));                    \
+                        CK_UNROLL for (kb = 0; kb < KS; kb++)                          \
+                            CK_UNROLL for (b = 0; b < QB; b++)                         \
+                                acc[kb][b] += xv[b] * wt[kb];                          \
                     }                                                                  \
                 }                                                                      \
-            else                                                                       \
-                for (kb = 0; kb < KB; kb++)                                            \
-                    memcpy(grid + kb * gstride + j0, acc[kb], sizeof(acc[kb]));        \
-        }                                                                              \
+                if (direct)                                                            \
+                    CK_UNROLL for (kb = 0; kb < KS; kb++) {                            \
+                        T *o = out + (k0 + kb) * out_kstride;                          \
+                        if (k0 + kb >= kcount)                                         \
+                            break;                                                     \
+                        CK_UNROLL for (b = 0; b < QB; b++) {                           \
+                            int64_t j = j0 + b * VL;                                   \
+                            V r = acc[kb][b] + bias[k0 + kb];                          \
+                            if (j + VL <= grid_len)                                    \
+                                memcpy(o + j, &r, sizeof(V));                          \
+                            else                                                       \
+                                for (q = 0; j + q < grid_len; q++)                     \
+                                    o[j + q] = r[q];                                   \
+                        }                                                              \
+                    }                                                                  \
+                else                                                                   \
+                    CK_UNROLL for (kb = 0; kb < KS; kb++)                              \
+                        CK_UNROLL for (b = 0; b < QB; b++) {                           \
+                            V r = acc[kb][b];                                          \
+                            memcpy(grid + (k0 + kb) * gstride + j0 + b * VL, &r,       \
+                                   sizeof(V));                                         \
+                        }                                                              \
+            }                                                                          \
         for (kb = 0; kb < (direct ? 0 : kcount); kb++)                                 \
             for (p = 0; p < P; p++) {                                                  \
                 const T *src = grid + kb * gstride + p * Wph;                          \
@@ -719,11 +736,12 @@ CK_DEFINE_ADD_ROWS(ck_add_rows_f64, double)
 #endif
 #define CK_BASE
 
-/* name, type, vector bytes, channel block, vectors per block, attribute */
-CK_DEFINE_FORWARD(ck_fwd_f32_base, float, 16, CK_KB, 2, CK_BASE)
-CK_DEFINE_FORWARD(ck_fwd_f64_base, double, 16, CK_KB, 2, CK_BASE)
-CK_DEFINE_FORWARD(ck_fwd1_f32_base, float, 16, 1, 4, CK_BASE)
-CK_DEFINE_FORWARD(ck_fwd1_f64_base, double, 16, 1, 4, CK_BASE)
+/* name, type, vector bytes, channel block, [channels per register block,]
+ * vectors per block, attribute */
+CK_DEFINE_FORWARD(ck_fwd_f32_base, float, 16, CK_KB, CK_KB, 2, CK_BASE)
+CK_DEFINE_FORWARD(ck_fwd_f64_base, double, 16, CK_KB, CK_KB, 2, CK_BASE)
+CK_DEFINE_FORWARD(ck_fwd1_f32_base, float, 16, 1, 1, 4, CK_BASE)
+CK_DEFINE_FORWARD(ck_fwd1_f64_base, double, 16, 1, 1, 4, CK_BASE)
 CK_DEFINE_FORWARD_KVEC(ck_fwdk_f32_base, float, 16, 4, 3, CK_BASE)
 CK_DEFINE_FORWARD_KVEC(ck_fwdk_f64_base, double, 16, 4, 3, CK_BASE)
 CK_DEFINE_GRAD_WEIGHT(ck_gw_f32_base, float, 16, CK_GW_KB, 2, CK_BASE)
@@ -739,10 +757,14 @@ CK_DEFINE_NONFINITE(ck_nonfinite_f64_base, double, 16, CK_BASE)
 CK_DEFINE_COL2IM(ck_col2im_f32_base, float, int32_t, 16, CK_BASE)
 CK_DEFINE_COL2IM(ck_col2im_f64_base, double, int64_t, 16, CK_BASE)
 #if CK_X86
-CK_DEFINE_FORWARD(ck_fwd_f32_avx2, float, 32, CK_KB, 1, CK_AVX2)
-CK_DEFINE_FORWARD(ck_fwd_f64_avx2, double, 32, CK_KB, 1, CK_AVX2)
-CK_DEFINE_FORWARD(ck_fwd1_f32_avx2, float, 32, 1, 4, CK_AVX2)
-CK_DEFINE_FORWARD(ck_fwd1_f64_avx2, double, 32, 1, 4, CK_AVX2)
+/* 16 registers: 4 channels x 3 vectors of positions, or all CK_KB channels
+ * x 1 vector for short reductions (fwds_*). */
+CK_DEFINE_FORWARD(ck_fwd_f32_avx2, float, 32, CK_KB, 4, 3, CK_AVX2)
+CK_DEFINE_FORWARD(ck_fwd_f64_avx2, double, 32, CK_KB, 4, 3, CK_AVX2)
+CK_DEFINE_FORWARD(ck_fwds_f32_avx2, float, 32, CK_KB, CK_KB, 1, CK_AVX2)
+CK_DEFINE_FORWARD(ck_fwds_f64_avx2, double, 32, CK_KB, CK_KB, 1, CK_AVX2)
+CK_DEFINE_FORWARD(ck_fwd1_f32_avx2, float, 32, 1, 1, 4, CK_AVX2)
+CK_DEFINE_FORWARD(ck_fwd1_f64_avx2, double, 32, 1, 1, 4, CK_AVX2)
 CK_DEFINE_FORWARD_KVEC(ck_fwdk_f32_avx2, float, 32, 2, 6, CK_AVX2)
 CK_DEFINE_FORWARD_KVEC(ck_fwdk_f64_avx2, double, 32, 2, 6, CK_AVX2)
 CK_DEFINE_GRAD_WEIGHT(ck_gw_f32_avx2, float, 32, CK_GW_KB, 2, CK_AVX2)
@@ -757,10 +779,10 @@ CK_DEFINE_NONFINITE(ck_nonfinite_f32_avx2, float, 32, CK_AVX2)
 CK_DEFINE_NONFINITE(ck_nonfinite_f64_avx2, double, 32, CK_AVX2)
 CK_DEFINE_COL2IM(ck_col2im_f32_avx2, float, int32_t, 32, CK_AVX2)
 CK_DEFINE_COL2IM(ck_col2im_f64_avx2, double, int64_t, 32, CK_AVX2)
-CK_DEFINE_FORWARD(ck_fwd_f32_avx512, float, 64, CK_KB, 2, CK_AVX512)
-CK_DEFINE_FORWARD(ck_fwd_f64_avx512, double, 64, CK_KB, 2, CK_AVX512)
-CK_DEFINE_FORWARD(ck_fwd1_f32_avx512, float, 64, 1, 8, CK_AVX512)
-CK_DEFINE_FORWARD(ck_fwd1_f64_avx512, double, 64, 1, 8, CK_AVX512)
+CK_DEFINE_FORWARD(ck_fwd_f32_avx512, float, 64, CK_KB, CK_KB, 2, CK_AVX512)
+CK_DEFINE_FORWARD(ck_fwd_f64_avx512, double, 64, CK_KB, CK_KB, 2, CK_AVX512)
+CK_DEFINE_FORWARD(ck_fwd1_f32_avx512, float, 64, 1, 1, 8, CK_AVX512)
+CK_DEFINE_FORWARD(ck_fwd1_f64_avx512, double, 64, 1, 1, 8, CK_AVX512)
 CK_DEFINE_FORWARD_KVEC(ck_fwdk_f32_avx512, float, 64, 2, 8, CK_AVX512)
 CK_DEFINE_FORWARD_KVEC(ck_fwdk_f64_avx512, double, 64, 2, 8, CK_AVX512)
 /* Wide blocks (4 vectors of channels x 6 positions) load fewer values per
@@ -851,6 +873,11 @@ typedef struct {
     ck_nonfinite_f64_t nonfinite_f64;
     ck_col2im_f32_t col2im_f32; /* column stride 1 */
     ck_col2im_f64_t col2im_f64;
+    /* CK_KB channels for reductions of under CK_SHORT (c, t) terms, where the
+     * loop around the register block costs as much as the block. The sums
+     * are fwd_*'s, term for term. */
+    ck_fwd_f32_t fwds_f32;
+    ck_fwd_f64_t fwds_f64;
 } ck_kernels_t;
 
 static ck_kernels_t ck_kernels = {
@@ -859,7 +886,8 @@ static ck_kernels_t ck_kernels = {
     ck_gw_f32_base, ck_gw_f64_base,
     ck_gw1_f32_base, ck_gw1_f64_base, ck_gwk_f32_base, ck_gwk_f64_base, 8, 4, 6,
     ck_gwr_f32_base, ck_gwr_f64_base,
-    ck_nonfinite_f32_base, ck_nonfinite_f64_base, ck_col2im_f32_base, ck_col2im_f64_base};
+    ck_nonfinite_f32_base, ck_nonfinite_f64_base, ck_col2im_f32_base, ck_col2im_f64_base,
+    ck_fwd_f32_base, ck_fwd_f64_base};
 
 /* Pick the widest variant this CPU runs; CONVKIT_ISA=avx2|baseline caps it. */
 static void ck_select_kernels(const char *cap)
@@ -878,7 +906,7 @@ static void ck_select_kernels(const char *cap)
                           ck_gwk_f64_avx512, 32, 16, 12, ck_gwr_f32_avx512, ck_gwr_f64_avx512,
                           ck_nonfinite_f32_avx512,
                           ck_nonfinite_f64_avx512, ck_col2im_f32_avx512,
-                          ck_col2im_f64_avx512};
+                          ck_col2im_f64_avx512, ck_fwd_f32_avx512, ck_fwd_f64_avx512};
         ck_kernels = k;
     } else if (allow2 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
         ck_kernels_t k = {"avx2", ck_fwd_f32_avx2, ck_fwd1_f32_avx2, ck_fwdk_f32_avx2,
@@ -889,7 +917,7 @@ static void ck_select_kernels(const char *cap)
                           ck_gwk_f64_avx2, 16, 8, 6, ck_gwr_f32_avx2, ck_gwr_f64_avx2,
                           ck_nonfinite_f32_avx2,
                           ck_nonfinite_f64_avx2, ck_col2im_f32_avx2,
-                          ck_col2im_f64_avx2};
+                          ck_col2im_f64_avx2, ck_fwds_f32_avx2, ck_fwds_f64_avx2};
         ck_kernels = k;
     }
 #else
