@@ -6,9 +6,11 @@ their last argument. ``set_num_threads`` changes the process-wide default;
 (or asyncio task) only, so concurrent callers do not disturb each other.
 """
 
+import concurrent.futures
 import contextlib
 import contextvars
 import os
+import threading
 
 from convkit._lib import _openmp
 
@@ -141,4 +143,25 @@ SCAN_MIN_WORK_PER_THREAD = 1 << 17
 def blas_threads_for(work, n_threads=None):
     """``blas_threads`` for GEMMs of ``work`` multiply-adds in all."""
     return blas_threads(threads_for(work, n_threads, BLAS_MIN_WORK_PER_THREAD))
+
+
+_pools = {}
+_pools_lock = threading.Lock()
+
+
+def gemm_pool(n):
+    """A shared pool of ``n`` Python threads that run single-threaded BLAS calls side by side.
+
+    OpenBLAS's sgemm does not give the same bits on 1 and on several of its
+    own threads on every CPU (its Haswell/Zen kernels on a 2-core EPYC: up to
+    1e-4 apart), so convkit never lets BLAS split a GEMM: it splits the batch
+    of GEMMs across these threads instead, each GEMM the same call whatever
+    the thread count. NumPy releases the GIL around BLAS.
+    """
+    with _pools_lock:
+        pool = _pools.get(n)
+        if pool is None:
+            pool = _pools[n] = concurrent.futures.ThreadPoolExecutor(
+                max_workers=n, thread_name_prefix="convkit-gemm")
+        return pool
 

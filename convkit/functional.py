@@ -56,6 +56,8 @@ _SCATTER_COLUMNS_BYTES = 512 * 1024
 # Most bytes of column-shifted planes (see _shifted_layout) one forward task
 # packs into its thread's scratch.
 _SHIFTED_SCRATCH = 256 * 1024
+# Bytes of per-image grad_weight products the im2col path holds at once.
+_PRODUCTS_BYTES = 32 * _MiB
 _workspace_limit = 256 * _MiB
 
 
@@ -141,9 +143,39 @@ def _use_depthwise_rows(g):
             and g.dilation == (1, 1))
 
 
-def _blas_threads(g, n_threads):
-    """Hold NumPy's BLAS to the thread count that pays for this geometry's GEMMs."""
-    return _threads.blas_threads_for(g.flops // 2, n_threads)
+def _gemm_threads(g, n_threads):
+    """Threads the im2col path's GEMMs run on, one BLAS call per thread at a time.
+
+    BLAS itself is held to one thread (see _threads.gemm_pool): each GEMM is
+    then the same call, with the same bits, whatever the thread count. Small
+    problems stay on one thread, where threads cost more than they save.
+    """
+    return _threads.threads_for(g.flops // 2, n_threads, _threads.BLAS_MIN_WORK_PER_THREAD)
+
+
+def _matmul(a, b, out, n_threads):
+    """``np.matmul(a, b, out=out)`` with the leading axis of ``b`` and ``out`` split across threads.
+
+    ``a`` has that axis too, or is broadcast against it. NumPy makes one
+    BLAS call per matrix of the batch, so the split changes no call.
+    """
+    n = out.shape[0]
+    parts = min(n, n_threads)
+    if parts <= 1:
+        return np.matmul(a, b, out=out)
+    bounds = [n * i // parts for i in range(parts + 1)]
+    split = a.ndim == b.ndim
+
+    def run(i):
+        lo, hi = bounds[i], bounds[i + 1]
+        np.matmul(a[lo:hi] if split else a, b[lo:hi], out=out[lo:hi])
+
+    # The calling thread runs the first part itself.
+    futures = [_threads.gemm_pool(parts - 1).submit(run, i) for i in range(1, parts)]
+    run(0)
+    for future in futures:
+        future.result()
+    return out
 
 
 def _all_finite(array):
@@ -640,17 +672,20 @@ def _forward_im2col(x, weight, g, y, n_threads):
     G, Kg = g.groups, g.K_per_group
     w = weight.reshape(G, Kg, -1)
     y_groups = y.reshape(g.N, G, Kg, g.P * g.Q)
-    with _blas_threads(g, n_threads):
+    gemm_threads = _gemm_threads(g, n_threads)
+    with _threads.blas_threads(1):
         if g.is_pointwise:
-            np.matmul(w, x.reshape(g.N, G, g.C_per_group, g.H * g.W), out=y_groups)
+            _matmul(w, x.reshape(g.N, G, g.C_per_group, g.H * g.W), y_groups, gemm_threads)
             return
         tiles, buffer = _im2col_tiles(g, x.dtype, temporary=True)
         for n0, n1, p0, p1 in tiles:
             cols = _im2col_tile(x, g, (n0, n1, p0, p1), buffer, False, n_threads)
             if p0 == 0 and p1 == g.P:
-                np.matmul(w, cols, out=y_groups[n0:n1])
+                _matmul(w, cols, y_groups[n0:n1], gemm_threads)
             else:
-                y[n0:n1, :, p0:p1, :] = np.matmul(w, cols).reshape(n1 - n0, g.K, p1 - p0, g.Q)
+                part = np.empty(cols.shape[:-2] + (Kg, cols.shape[-1]), dtype=y.dtype)
+                _matmul(w, cols, part, gemm_threads)
+                y[n0:n1, :, p0:p1, :] = part.reshape(n1 - n0, g.K, p1 - p0, g.Q)
 
 
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, method="auto"):
@@ -698,9 +733,12 @@ def _grad_input_im2col(grad_output, weight, g, n_threads):
     G, Kg = g.groups, g.K_per_group
     w_t = weight.reshape(G, Kg, -1).transpose(0, 2, 1)
     gy = grad_output.reshape(g.N, G, Kg, g.P, g.Q)
+    gemm_threads = _gemm_threads(g, n_threads)
     if g.is_pointwise:
-        grad_input = np.matmul(w_t, gy.reshape(g.N, G, Kg, g.P * g.Q))
-        return grad_input.reshape(g.input_shape)
+        grad_input = np.empty(g.input_shape, dtype=grad_output.dtype)
+        _matmul(w_t, gy.reshape(g.N, G, Kg, g.P * g.Q),
+                grad_input.reshape(g.N, G, g.C_per_group, g.H * g.W), gemm_threads)
+        return grad_input
     grad_input = np.zeros(g.input_shape, dtype=grad_output.dtype)
     batched = _batched_gemm(g)
     tiles, buffer = _im2col_tiles(g, grad_output.dtype, temporary=batched)
@@ -712,8 +750,8 @@ def _grad_input_im2col(grad_output, weight, g, n_threads):
             np.matmul(w_t, _gemm_order(grad_output, g, tile),
                       out=cols.reshape(G, -1, images * rows))
         else:
-            np.matmul(w_t, gy[n0:n1, :, :, p0:p1, :].reshape(images, G, Kg, rows),
-                      out=cols.reshape(images, G, -1, rows))
+            _matmul(w_t, gy[n0:n1, :, :, p0:p1, :].reshape(images, G, Kg, rows),
+                    cols.reshape(images, G, -1, rows), gemm_threads)
         _conv.col2im(cols, grad_input[n0:n1], *_column_strides(g, tile, batched), g.R, g.S,
                      p0, g.Q, *_kernel_args(g), n_threads)
     return grad_input
@@ -723,12 +761,24 @@ def _grad_weight_im2col(grad_output, x, g, n_threads):
     G, Kg = g.groups, g.K_per_group
     gy = grad_output.reshape(g.N, G, Kg, g.P, g.Q)
     grad_weight = np.zeros((G, Kg, g.C_per_group * g.R * g.S), dtype=x.dtype)
-    product = np.empty_like(grad_weight)
+    gemm_threads = _gemm_threads(g, n_threads)
+    # Per-image products, one at a time on one thread, else a few per thread
+    # (within _PRODUCTS_BYTES), summed in image order.
+    count = 1 if gemm_threads == 1 else 4 * gemm_threads
+    count = min(g.N, count, max(1, _PRODUCTS_BYTES // grad_weight.nbytes))
+    products = np.empty((count,) + grad_weight.shape, dtype=x.dtype)
+
+    def add_images(gy_images, x_images):
+        for i0 in range(0, len(gy_images), len(products)):
+            part = products[: len(gy_images[i0:i0 + len(products)])]
+            _matmul(gy_images[i0:i0 + len(part)], x_images[i0:i0 + len(part)], part,
+                    gemm_threads)
+            for product in part:
+                np.add(grad_weight, product, out=grad_weight)
+
     if g.is_pointwise:
-        xs = x.reshape(g.N, G, g.C_per_group, g.H * g.W)
-        for n in range(g.N):
-            np.matmul(gy[n].reshape(G, Kg, -1), xs[n].transpose(0, 2, 1), out=product)
-            grad_weight += product
+        add_images(gy.reshape(g.N, G, Kg, -1),
+                   x.reshape(g.N, G, g.C_per_group, g.H * g.W).transpose(0, 1, 3, 2))
         return grad_weight.reshape(g.weight_shape)
     batched = _batched_gemm(g)
     tiles, buffer = _im2col_tiles(g, x.dtype, temporary=batched)
@@ -736,13 +786,12 @@ def _grad_weight_im2col(grad_output, x, g, n_threads):
         n0, n1, p0, p1 = tile
         cols = _im2col_tile(x, g, tile, buffer, batched, n_threads)
         if batched:
-            np.matmul(_gemm_order(grad_output, g, tile), cols.transpose(0, 2, 1), out=product)
-            grad_weight += product
+            np.matmul(_gemm_order(grad_output, g, tile), cols.transpose(0, 2, 1),
+                      out=products[0])
+            grad_weight += products[0]
             continue
-        for i in range(n1 - n0):
-            np.matmul(gy[n0 + i, :, :, p0:p1, :].reshape(G, Kg, -1),
-                      cols[i].transpose(0, 2, 1), out=product)
-            grad_weight += product
+        add_images(gy[n0:n1, :, :, p0:p1, :].reshape(n1 - n0, G, Kg, -1),
+                   cols.transpose(0, 1, 3, 2))
     return grad_weight.reshape(g.weight_shape)
 
 
@@ -802,7 +851,7 @@ def conv2d_backward(grad_output, x, weight, stride=1, padding=0, dilation=1, gro
         grad_input = _grad_input_direct(grad_output, weight, g, n_threads)
     if mask[1] and methods["grad_weight"] == "direct":
         grad_weight = _grad_weight_direct(grad_output, x, g, n_threads)
-    with _blas_threads(g, n_threads):
+    with _threads.blas_threads(1):
         if mask[0] and methods["grad_input"] != "direct":
             grad_input = _grad_input_im2col(grad_output, weight, g, n_threads)
         if mask[1] and methods["grad_weight"] != "direct":

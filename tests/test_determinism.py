@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import convkit
-from convkit._threads import threads_for
+from convkit._threads import BLAS_MIN_WORK_PER_THREAD, threads_for
 
 THREAD_COUNTS = (1, 2, 4)
 REPEATS = 2
@@ -72,6 +72,24 @@ def test_conv2d_backward_deterministic(dtype, method, config):
     x, weight, _, grad_y, work = _conv_problem(dtype, config)
     _check_deterministic(
         lambda: convkit.conv2d_backward(grad_y, x, weight, **config, method=method), work)
+
+
+@pytest.mark.parametrize("method", ["auto", "direct", "im2col"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_pointwise_deterministic(dtype, method):
+    """1x1 convolutions are plain GEMMs on the im2col path ("auto" takes it for
+    the forward): OpenBLAS gives different bits on 1 and 2 of its own threads
+    on some CPUs (Haswell/Zen sgemm), so the GEMMs must never be split by it."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((8, 64, 64, 64)).astype(dtype)
+    weight = rng.standard_normal((64, 64, 1, 1)).astype(dtype)
+    grad_y = rng.standard_normal((8, 64, 64, 64)).astype(dtype)
+    work = grad_y.size * 64
+    # Enough work for 4 GEMM threads, not only 4 OpenMP threads.
+    assert threads_for(work, 4, BLAS_MIN_WORK_PER_THREAD) == 4
+    _check_deterministic(
+        lambda: [convkit.conv2d(x, weight, method=method),
+                 *convkit.conv2d_backward(grad_y, x, weight, method=method)], work)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
