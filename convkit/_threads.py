@@ -106,6 +106,11 @@ def _blas_controller():
     return _blas or None
 
 
+def can_limit_blas():
+    """Whether ``blas_threads`` can hold NumPy's BLAS to a thread count (threadpoolctl found it)."""
+    return _blas_controller() is not None
+
+
 def blas_info():
     """List of dicts describing the BLAS libraries NumPy loaded (needs threadpoolctl)."""
     found = _blas_controller()

@@ -92,6 +92,19 @@ def workspace_limit(nbytes):
 
 
 def _choose_method(g, op, itemsize):
+    """The "auto" rule (see _measured_method), kept off BLAS where BLAS's threads can't be held.
+
+    Without threadpoolctl convkit cannot hold BLAS to one thread, and
+    OpenBLAS's sgemm can then give different bits for different thread
+    counts (see _threads.gemm_pool), so "auto" takes the direct kernels.
+    """
+    method = _measured_method(g, op, itemsize)
+    if method == "im2col" and not _threads.can_limit_blas():
+        return "direct"
+    return method
+
+
+def _measured_method(g, op, itemsize):
     """The "auto" rule: direct or im2col for ``op`` in forward/grad_input/grad_weight.
 
     Measured on the benchmark shapes with 1 and 2 threads (README, "Choosing

@@ -116,6 +116,25 @@ def test_grid_exercises_both_auto_branches():
     assert expected <= chosen
 
 
+def test_auto_stays_off_blas_it_cannot_hold(monkeypatch):
+    """Without threadpoolctl (BLAS's threads out of reach), "auto" never picks im2col."""
+    from convkit import _threads
+    from convkit._validation import conv_geometry
+    from convkit.functional import _choose_method, _measured_method
+
+    monkeypatch.setattr(_threads, "_blas", False)
+    assert not _threads.can_limit_blas()
+    measured_im2col = 0
+    for x_shape, w_shape, _, kwargs in CASES.values():
+        g = conv_geometry(x_shape, w_shape, kwargs.get("stride", 1), kwargs.get("padding", 0),
+                          kwargs.get("dilation", 1), kwargs.get("groups", 1))
+        for op in ("forward", "grad_input", "grad_weight"):
+            for itemsize in (4, 8):
+                measured_im2col += _measured_method(g, op, itemsize) == "im2col"
+                assert _choose_method(g, op, itemsize) == "direct"
+    assert measured_im2col, "the grid must reach im2col where BLAS can be held"
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("case", CASE_IDS)
