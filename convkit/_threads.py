@@ -154,6 +154,17 @@ _pools = {}
 _pools_lock = threading.Lock()
 
 
+def _forget_pools():
+    """In a forked child: the parent's pool threads do not exist there."""
+    global _pools_lock
+    _pools.clear()
+    _pools_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pools)
+
+
 def gemm_pool(n):
     """A shared pool of ``n`` Python threads that run single-threaded BLAS calls side by side.
 

@@ -297,3 +297,27 @@ def test_im2col_grid_with_forced_threads_matches_reference():
                 forced_threads_grid_check("im2col", n_threads)
     """)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_gemm_pool_after_fork():
+    """A forked child gets fresh GEMM pool threads (the parent's do not exist there)."""
+    source = """
+        import os
+        import numpy as np
+        from convkit import functional
+        w = np.ones((1, 4, 8))
+        x = np.ones((4, 1, 8, 16))
+        y = np.empty((4, 1, 4, 16))
+        functional._matmul(w, x, y, 2)   # the parent's pool exists now
+        pid = os.fork()
+        if pid == 0:
+            y[...] = 0
+            functional._matmul(w, x, y, 2)
+            os._exit(0 if (y == 8).all() else 3)
+        _, status = os.waitpid(pid, 0)
+        print("child", os.waitstatus_to_exitcode(status))
+    """
+    result = _run_python(source)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "child 0"
