@@ -782,10 +782,10 @@ def _grad_weight_im2col(grad_output, x, g, n_threads):
     products = np.empty((count,) + grad_weight.shape, dtype=x.dtype)
 
     def add_images(gy_images, x_images):
-        for i0 in range(0, len(gy_images), len(products)):
-            part = products[: len(gy_images[i0:i0 + len(products)])]
-            _matmul(gy_images[i0:i0 + len(part)], x_images[i0:i0 + len(part)], part,
-                    gemm_threads)
+        for i0 in range(0, len(gy_images), count):
+            i1 = min(i0 + count, len(gy_images))
+            part = products[: i1 - i0]
+            _matmul(gy_images[i0:i1], x_images[i0:i1], part, gemm_threads)
             for product in part:
                 np.add(grad_weight, product, out=grad_weight)
 

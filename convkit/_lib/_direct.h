@@ -736,8 +736,10 @@ CK_DEFINE_ADD_ROWS(ck_add_rows_f64, double)
 #endif
 #define CK_BASE
 
-/* name, type, vector bytes, channel block, [channels per register block,]
- * vectors per block, attribute */
+/* CK_DEFINE_FORWARD: name, type, vector bytes, channel block (the packed
+ * weights' last axis), channels per register block, vectors per block,
+ * attribute; the other kernels: name, type, vector bytes, their blocks,
+ * attribute. */
 CK_DEFINE_FORWARD(ck_fwd_f32_base, float, 16, CK_KB, CK_KB, 2, CK_BASE)
 CK_DEFINE_FORWARD(ck_fwd_f64_base, double, 16, CK_KB, CK_KB, 2, CK_BASE)
 CK_DEFINE_FORWARD(ck_fwd1_f32_base, float, 16, 1, 1, 4, CK_BASE)
