@@ -111,10 +111,11 @@ def _measured_method(g, op, itemsize):
     a method"); the rule depends on the shape, the dtype and the CPU's kernel
     variant, never on the thread count, so results stay bitwise identical
     across thread counts. 1x1 convolutions are one GEMM with no im2col at
-    all, except for the gradients where the channel-vector grad_weight
-    kernel applies: it reads x in place and sums all images in one pass
-    where the GEMMs go image by image (grad_input then runs direct too).
-    Every other forward runs direct: its kernels scale with threads where
+    all, forward and grad_input alike (a 1x1 grad_input is weights^T x
+    grad_output, image by image), except for grad_weight where the
+    channel-vector kernel applies: it reads x in place and sums all images
+    in one pass where the GEMMs go image by image. (conv2d_backward runs
+    that OpenMP kernel before the GEMMs.) Every other forward runs direct: its kernels scale with threads where
     im2col's copy does not. So does every grad_input: one stride-1
     convolution per stride phase, or weights x grad_output then col2im
     (see _use_scatter_grad_input). grad_weight runs direct wherever the
@@ -124,9 +125,7 @@ def _measured_method(g, op, itemsize):
     multi-channel inputs with P*Q >= 1024 at stride 1, else im2col.
     """
     if g.is_pointwise:
-        # Both gradients together, so that BLAS and OpenMP threads do not
-        # follow each other in one call.
-        if op != "forward" and _use_channel_vector_grad_weight(g, itemsize):
+        if op == "grad_weight" and _use_channel_vector_grad_weight(g, itemsize):
             return "direct"
         return "im2col"
     if op != "grad_weight" or g.K_per_group < 8:
