@@ -379,7 +379,8 @@ def _forward_direct(x, weight, bias, g, y, n_threads):
         Hph, Wph, plane_len, tap_off = _shifted_layout(g)
     weight = _pack_weight(weight, g, kb)
     gstride = g.P * Wph + _conv.PLANE_SLACK
-    grid = 1 if channel_vector else kb * gstride
+    # The channel-vector kernel keeps partial sums there ([position][channel]).
+    grid = kb * (g.P * g.Q + 16) if channel_vector else kb * gstride
     # Stride 1: plane rows [pt, pt + H) hold the input, the rest is padding.
     rows = g.H if g.stride == (1, 1) else -1
     if local:

@@ -76,6 +76,10 @@ CASES = {
     "channel_vector_wide_K_tail": ((2, 8, 9, 8), (70, 8, 5, 4), True, dict(padding=(2, 1))),
     "channel_vector_wide_stride2": ((3, 12, 11, 9), (66, 6, 5, 5), False,
                                     dict(groups=2, stride=2, padding=1)),
+    # Channel-vector forward whose block's weights (C/G*R*S = 1170 columns)
+    # outgrow one pass on every kernel variant: passes over chunks of input
+    # channels, partial sums kept between them, a position block tail.
+    "channel_vector_input_chunks": ((2, 130, 6, 7), (20, 130, 3, 3), True, {}),
 }
 CASE_IDS = list(CASES)
 
