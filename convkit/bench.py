@@ -326,6 +326,8 @@ FULL = Settings(budget_s=0.5, min_repeats=5, reference_budget_s=0.3, reference_m
 QUICK = Settings(budget_s=0.0, min_repeats=2, reference_budget_s=0.0, reference_min_repeats=1,
                  reference_skip_s=0.25)
 GEMM_SIZE = 1024
+# Fewest paired rounds behind a scaling figure (see measure_scaling).
+SCALING_MIN_PAIRS = 9
 
 
 class _TorchThreads:
@@ -369,6 +371,43 @@ def measure_interleaved(fns, budget_s, min_repeats, settle_s=0.0, rounds=1):
             repeats[k] += timing.repeats
     return [(Timing(statistics.median(m), r), result)
             for m, r, result in zip(medians, repeats, results)]
+
+
+def measure_scaling(fn, counts, budget_s, min_pairs):
+    """Speedup of ``fn()`` on each thread count over ``counts[0]``, from paired calls.
+
+    The counts take turns (in reverse order every other round), and each
+    speedup is the median over rounds of that round's time on ``counts[0]``
+    over its time on the count: both calls of a pair see the same state of
+    a noisy machine, which medians taken apart, seconds apart, do not. A
+    turn makes one untimed call before the timed one, so that the timed
+    call finds the caches and threads as a run of calls on that count
+    leaves them (the previous turn's count left its data in other cores'
+    caches). Returns {count: (speedup, best-call speedup)}, (1.0, 1.0) for
+    ``counts[0]``; the second is the ratio of the fastest calls on the two
+    counts. Other tenants' load only slows calls down, and on a small VM it
+    slows calls on all cores more than calls on one (a neighbour busy on one
+    core stalls one of two threads), so a burst of it biases the median
+    speedup downwards even when paired; the fastest calls are the least
+    disturbed.
+    """
+    def timed(n):
+        with convkit.num_threads(n), _threads.blas_threads(n):
+            fn()
+            t0 = time.perf_counter()
+            fn()
+            return time.perf_counter() - t0
+
+    times = {n: [] for n in counts}
+    start = time.perf_counter()
+    rounds = 0
+    while rounds < min_pairs or (time.perf_counter() - start < budget_s and rounds < 1000):
+        for n in counts if rounds % 2 == 0 else counts[::-1]:
+            times[n].append(timed(n))
+        rounds += 1
+    base = np.array(times[counts[0]])
+    return {n: (float(np.median(base / np.array(times[n]))), float(base.min() / min(times[n])))
+            for n in counts}
 
 
 def measure_gemm(dtype, n_threads, settings, size=GEMM_SIZE):
@@ -478,11 +517,21 @@ def run(ops, shape_names, dtype=np.float32, threads=(1,), settings=FULL, seed=0,
             time_reference = (settings.reference_skip_s is None
                               or time.perf_counter() - t0 <= settings.reference_skip_s)
             torch_fn = case.torch()
+            case_rows = []
             for n in threads:
                 with convkit.num_threads(n), _threads.blas_threads(n), _TorchThreads(torch, n):
-                    rows.extend(_run_case(case, n, expected, reference_fn, time_reference,
-                                          torch_fn, gemm[n], settings))
+                    case_rows.extend(_run_case(case, n, expected, reference_fn,
+                                               time_reference, torch_fn, gemm[n], settings))
                 bar.update()
+            if len(threads) > 1:
+                for method in case.methods:
+                    scaling = measure_scaling(case.convkit(method), sorted(threads),
+                                              settings.budget_s,
+                                              max(settings.min_repeats, SCALING_MIN_PAIRS))
+                    for row in case_rows:
+                        if row["method"] == method:
+                            row["scaling"], row["scaling_best"] = scaling[row["threads"]]
+            rows.extend(case_rows)
     finally:
         bar.close()
     return {
@@ -581,13 +630,9 @@ def format_report(report, markdown=False):
     multi = len(threads) > 1
     if multi:
         columns += ["threads"]
-    columns += ["time ms"] + (["scaling"] if multi else []) + [
+    columns += ["time ms"] + (["scaling", "best-call scaling"] if multi else []) + [
         "rate", f"% {gemm_name} or copy", "vs reference", "vs torch", "abs err", "rel err",
         "check"]
-    base_time = {}
-    for row in report["results"]:
-        if row["threads"] == min(threads):
-            base_time[(row["op"], row["method"], row["shape"])] = row["time_s"]
     skipped = False
     body = []
     for row in report["results"]:
@@ -598,8 +643,7 @@ def format_report(report, markdown=False):
             cells.append(str(row["threads"]))
         cells.append(_fmt_time(row["time_s"]))
         if multi:
-            base = base_time.get((row["op"], row["method"], row["shape"]))
-            cells.append(_fmt_speedup(base / row["time_s"] if base else None))
+            cells += [_fmt_speedup(row.get("scaling")), _fmt_speedup(row.get("scaling_best"))]
         cells += [
             f"{row['rate']:.3g} {row['rate_unit']}",
             _fmt_fraction(row["gemm_fraction"] if row["copy_fraction"] is None
@@ -611,6 +655,12 @@ def format_report(report, markdown=False):
         ]
         body.append(cells)
     footer = []
+    if multi:
+        footer.append(f"scaling: speedup over {min(threads)} thread"
+                      f"{'s' if min(threads) > 1 else ''}, the median over rounds of calls on "
+                      "each count taken in turn (paired, unlike the times, which are medians "
+                      "measured apart); best-call scaling: the ratio of the fastest calls of "
+                      "those rounds, the least disturbed by other tenants")
     if skipped:
         footer.append("* --quick: the reference took over "
                       f"{QUICK.reference_skip_s:g} s per call, so it was run once for the "

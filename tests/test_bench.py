@@ -87,7 +87,31 @@ def test_several_thread_counts_add_rows_and_scaling(capsys, tmp_path):
     assert [row["threads"] for row in report["results"]] == [1, 2]
     assert [g["threads"] for g in report["gemm"]] == [1, 2]
     assert "scaling" in out and "threads" in out
+    assert [row["scaling"] for row in report["results"]][0] == 1.0
+    assert report["results"][0]["scaling_best"] == 1.0
+    assert report["results"][1]["scaling"] > 0 and report["results"][1]["scaling_best"] > 0
     assert status == (1 if report["failures"] else 0)
+
+
+def test_measure_scaling_pairs_thread_counts():
+    """A call that takes 1/n of the time on n threads scales by about n."""
+    import time
+
+    import convkit
+    from convkit.bench import measure_scaling
+
+    calls = []
+
+    def work():
+        n = convkit.get_num_threads()
+        calls.append(n)
+        time.sleep(0.004 / n)
+
+    scaling = measure_scaling(work, [1, 2], budget_s=0.0, min_pairs=5)
+    assert scaling[1] == (1.0, 1.0)
+    assert 1.5 < scaling[2][0] < 2.5 and 1.5 < scaling[2][1] < 2.5
+    # Rounds that alternate the order, an untimed call before each timed one.
+    assert calls == [1, 1, 2, 2, 2, 2, 1, 1, 1, 1, 2, 2, 2, 2, 1, 1, 1, 1, 2, 2]
 
 
 def test_float64_uses_dgemm_and_its_tolerance(capsys, tmp_path):
