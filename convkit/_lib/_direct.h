@@ -81,6 +81,21 @@
                 CK_UNROLL for (kb = 0; kb < KS; kb++)                                  \
                     CK_UNROLL for (b = 0; b < QB; b++)                                 \
                         acc[kb][b] = (V){0};                                           \
+                if (RS == 1) {                                                         \
+                    /* One tap (1x1, the scatter product, a 1x1 stride phase):   \
+                     * no tap loop around each channel's few instructions,      \
+                     * the same sum (1.3-1.6x on AVX2, kernel alone). */         \
+                    const T *xp = x + tap_off[0] + j0;                                 \
+                    const T *wt = w + k0;                                              \
+                    for (c = 0; c < Cg; c++, xp += chan_stride, wt += KB) {            \
+                        V xv[QB];                                                      \
+                        CK_UNROLL for (b = 0; b < QB; b++)                             \
+                            memcpy(&xv[b], xp + b * VL, sizeof(V));                    \
+                        CK_UNROLL for (kb = 0; kb < KS; kb++)                          \
+                            CK_UNROLL for (b = 0; b < QB; b++)                         \
+                                acc[kb][b] += xv[b] * wt[kb];                          \
+                    }                                                                  \
+                } else                                                                 \
                 for (c = 0; c < Cg; c++) {                                             \
                     const T *xc = x + c * chan_stride + j0;                            \
                     const T *wc = w + c * RS * KB + k0;                                \
