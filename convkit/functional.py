@@ -53,6 +53,8 @@ _GW_MIN_TASKS = 8
 # most _SCATTER_COLUMNS_BYTES.
 _SCATTER_MIN_WASTE = 1.5
 _SCATTER_COLUMNS_BYTES = 512 * 1024
+# ... and at strides above 1, up to this many (see _use_scatter_grad_input).
+_SCATTER_STRIDED_BYTES = 2 * _MiB
 # Most bytes of column-shifted planes (see _shifted_layout) one forward task
 # packs into its thread's scratch.
 _SHIFTED_SCRATCH = 256 * 1024
@@ -435,11 +437,19 @@ def _use_scatter_grad_input(g, itemsize):
     computes C/G < 8 channels per pass (one, below 4), the scatter form a
     full block of the C/G*R*S column rows (measured on 1- to 4-channel
     inputs, 3x3 to 7x7: 1.1-2x faster, except 3x3 "same" on one channel,
-    within 5%; from 8 channels on, gather is the faster).
+    within 5%; from 8 channels on, gather is the faster). And it wins at
+    strides above 1, where the gather form splits into sh*sw convolutions of
+    a few taps each (1 to 4 for 3x3 at stride 2), each packing grad_output
+    again, as long as an image's columns stay within
+    _SCATTER_STRIDED_BYTES (AVX2 EPYC, stride-2 3x3 grad_inputs, gather
+    over scatter time: 1.08-1.27x on 32-256 channels with 0.3-1.8 MB of
+    columns, 0.80x with 7.2 MB; 5x5 at 313 KB 0.99x; 1x1 1.66x).
     """
     gather = g.H * g.W / (g.P * g.Q * g.stride[0] * g.stride[1])
     columns = g.C_per_group * g.R * g.S * g.P * g.Q * itemsize
     narrow = g.C_per_group < _conv.CHANNEL_BLOCK <= g.K_per_group
+    if g.stride != (1, 1) and columns <= _SCATTER_STRIDED_BYTES:
+        return True
     return ((gather >= _SCATTER_MIN_WASTE or narrow)
             and columns <= _SCATTER_COLUMNS_BYTES)
 
