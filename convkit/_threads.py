@@ -140,6 +140,13 @@ def blas_threads(n):
 # 457 us, 7.2 M 1656 vs 706 us; from about 26 M (a 1x1 conv's 0.51 vs 0.56 ms)
 # the second thread pays).
 BLAS_MIN_WORK_PER_THREAD = 1 << 22
+# Multiply-adds per thread below which conv2d and conv2d_backward run their
+# kernels serially. A call's fixed costs (validation, packing, several
+# thread-team wake-ups in a backward) outweigh a second thread on small
+# problems (2-core EPYC, 3x3 convolutions, 1 vs 2 threads taking turns,
+# median per-pair ratios: 0.23-0.45 M multiply-adds backward 0.95x, 1.8 M
+# forward 0.95x and backward 1.03x, 7.2 M forward 1.34x and backward 1.19x).
+CONV_MIN_WORK_PER_THREAD = 1 << 20
 # Elements per thread below which a memory-bound scan (the finiteness check
 # of conv2d_backward) runs serially.
 SCAN_MIN_WORK_PER_THREAD = 1 << 17

@@ -742,7 +742,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, m
     if y.size == 0:
         return y
     x, weight = contiguous(x), contiguous(weight)
-    n_threads = _threads.threads_for(g.flops // 2)
+    n_threads = _threads.threads_for(g.flops // 2, None, _threads.CONV_MIN_WORK_PER_THREAD)
     if method == "direct":
         _forward_direct(x, weight, bias, g, y, n_threads)
         return y
@@ -855,7 +855,7 @@ def conv2d_backward(grad_output, x, weight, stride=1, padding=0, dilation=1, gro
                zip(("grad_input", "grad_weight", "grad_bias"),
                    (g.input_shape, g.weight_shape, (g.K,)), mask) if wanted}
     _check_sizes("conv2d_backward", g, x.itemsize, outputs, "im2col" in methods.values())
-    n_threads = _threads.threads_for(g.flops // 2)
+    n_threads = _threads.threads_for(g.flops // 2, None, _threads.CONV_MIN_WORK_PER_THREAD)
     grad_input = grad_weight = grad_bias = None
     empty = grad_output.size == 0
     # The OpenMP kernels run first and the BLAS calls last: OpenBLAS's threads

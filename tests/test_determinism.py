@@ -1,15 +1,16 @@
 """Determinism: results are bitwise identical across repeated calls and 1, 2 and 4 threads.
 
-convkit._threads.threads_for runs problems below 32768 multiply-adds per
-thread serially, so every problem here is checked to be large enough to run
-on all 4 threads; otherwise the comparison would prove nothing.
+convkit._threads.threads_for runs problems below a minimum of work per
+thread serially (1 M multiply-adds for the convolutions, 32768 element
+visits for pooling and im2col), so every problem here is checked to be large
+enough to run on all 4 threads; otherwise the comparison would prove nothing.
 """
 
 import numpy as np
 import pytest
 
 import convkit
-from convkit._threads import BLAS_MIN_WORK_PER_THREAD, threads_for
+from convkit._threads import BLAS_MIN_WORK_PER_THREAD, CONV_MIN_WORK_PER_THREAD, threads_for
 
 THREAD_COUNTS = (1, 2, 4)
 REPEATS = 2
@@ -20,9 +21,9 @@ def _bitwise_equal(actual, expected):
             and actual.tobytes() == expected.tobytes())
 
 
-def _check_deterministic(call, work):
+def _check_deterministic(call, work, min_work_per_thread=1 << 15):
     """``call()`` gives the same bits on every repeat under every thread count."""
-    assert threads_for(work, max(THREAD_COUNTS)) == max(THREAD_COUNTS), (
+    assert threads_for(work, max(THREAD_COUNTS), min_work_per_thread) == max(THREAD_COUNTS), (
         f"work {work} is too small: threads_for would run it on fewer threads")
     with convkit.num_threads(1):
         expected = [out for out in call() if out is not None]
@@ -62,7 +63,7 @@ def _conv_problem(dtype, config):
 def test_conv2d_deterministic(dtype, method, config):
     x, weight, bias, _, work = _conv_problem(dtype, config)
     _check_deterministic(lambda: [convkit.conv2d(x, weight, bias, **config, method=method)],
-                         work)
+                         work, CONV_MIN_WORK_PER_THREAD)
 
 
 @pytest.mark.parametrize("config", CONFIGS.values(), ids=CONFIGS.keys())
@@ -71,7 +72,8 @@ def test_conv2d_deterministic(dtype, method, config):
 def test_conv2d_backward_deterministic(dtype, method, config):
     x, weight, _, grad_y, work = _conv_problem(dtype, config)
     _check_deterministic(
-        lambda: convkit.conv2d_backward(grad_y, x, weight, **config, method=method), work)
+        lambda: convkit.conv2d_backward(grad_y, x, weight, **config, method=method), work,
+        CONV_MIN_WORK_PER_THREAD)
 
 
 @pytest.mark.parametrize("method", ["auto", "direct", "im2col"])
@@ -89,7 +91,8 @@ def test_pointwise_deterministic(dtype, method):
     assert threads_for(work, 4, BLAS_MIN_WORK_PER_THREAD) == 4
     _check_deterministic(
         lambda: [convkit.conv2d(x, weight, method=method),
-                 *convkit.conv2d_backward(grad_y, x, weight, method=method)], work)
+                 *convkit.conv2d_backward(grad_y, x, weight, method=method)], work,
+        CONV_MIN_WORK_PER_THREAD)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

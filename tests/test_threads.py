@@ -109,6 +109,32 @@ def test_threads_for_runs_tiny_work_serially():
     assert _threads.threads_for(10 ** 9, n_threads=1) == 1
 
 
+def test_small_convolutions_run_serially():
+    """conv2d's kernels take a second thread only from CONV_MIN_WORK_PER_THREAD each."""
+    from convkit import functional
+
+    rng = np.random.default_rng(0)
+    used = []
+    original = functional._forward_direct
+
+    def recording(x, weight, bias, g, y, n_threads):
+        used.append(n_threads)
+        return original(x, weight, bias, g, y, n_threads)
+
+    functional._forward_direct = recording
+    try:
+        with convkit.num_threads(2):
+            # 8*16*9*14*14 = 226 K multiply-adds: serial.
+            convkit.conv2d(rng.standard_normal((1, 8, 14, 14)), rng.standard_normal((16, 8, 3, 3)),
+                           padding=1, method="direct")
+            # 2*32*16*9*28*28 = 7.2 M: both threads.
+            convkit.conv2d(rng.standard_normal((2, 16, 28, 28)),
+                           rng.standard_normal((32, 16, 3, 3)), padding=1, method="direct")
+    finally:
+        functional._forward_direct = original
+    assert used == [1, 2]
+
+
 # Big enough that every kernel call gets 4 threads: 32 * 32 * 12 * 12 = 147456
 # output elements (grad_bias splits by those, the rest by their multiply-adds);
 # many small planes, so that threads interleave finely.
