@@ -117,8 +117,8 @@ def _measured_method(g, op, itemsize):
     grad_output, image by image), except for grad_weight where the
     channel-vector kernel applies: it reads x in place and sums all images
     in one pass where the GEMMs go image by image. (conv2d_backward runs
-    that OpenMP kernel before the GEMMs.) Every other forward runs direct: its kernels scale with threads where
-    im2col's copy does not. So does every grad_input: one stride-1
+    that OpenMP kernel before the GEMMs.) Every other forward runs direct:
+    its kernels scale with threads where im2col's copy does not. So does every grad_input: one stride-1
     convolution per stride phase, or weights x grad_output then col2im
     (see _use_scatter_grad_input). grad_weight runs direct wherever the
     channel-vector kernel applies (K/G at least half its channel block)
@@ -381,7 +381,8 @@ def _forward_direct(x, weight, bias, g, y, n_threads):
         Hph, Wph, plane_len, tap_off = _shifted_layout(g)
     weight = _pack_weight(weight, g, kb)
     gstride = g.P * Wph + _conv.PLANE_SLACK
-    # The channel-vector kernel keeps partial sums there ([position][channel]).
+    # The channel-vector kernel keeps partial sums there ([position][channel],
+    # with room for its last block of positions: at most 16 past P*Q).
     grid = kb * (g.P * g.Q + 16) if channel_vector else kb * gstride
     # Stride 1: plane rows [pt, pt + H) hold the input, the rest is padding.
     rows = g.H if g.stride == (1, 1) else -1
