@@ -247,6 +247,121 @@ def test_depthwise_grad_weight(case, dtype):
     np.testing.assert_array_equal(results[0], results[1])
 
 
+# id -> (x shape, weight shape, conv kwargs): convolutions of one input channel
+# per group that the in-place depthwise forward kernel runs (see
+# functional._use_depthwise_forward), between them every kind of its blocks:
+# 6 full rows by 2 vectors, single rows by 4, 2 and 1 vectors, interior and
+# edge vectors, rows just one vector wide, the lane-by-lane sums at the ends
+# of x.
+DEPTHWISE_FORWARD = {
+    "mobilenet_28": ((2, 4, 28, 28), (4, 1, 3, 3), dict(padding=1)),
+    "one_vector_rows": ((3, 2, 9, 16), (2, 1, 3, 3), dict(padding="same")),
+    "wide_rows_5x5": ((1, 3, 20, 70), (3, 1, 5, 5), dict(padding=2)),
+    "multiplier3_dilated": ((2, 2, 14, 40), (6, 1, 3, 7), dict(padding=(1, 5),
+                                                               dilation=(2, 3))),
+    "row_stride_crop": ((2, 3, 17, 33), (3, 1, 3, 3), dict(stride=(2, 1),
+                                                           padding=((2, 0), (4, 1)))),
+    "valid_no_padding": ((1, 2, 13, 35), (2, 1, 4, 2), {}),
+    "widest_row_of_taps": ((1, 2, 9, 48), (2, 1, 2, 16), dict(padding=(1, 8))),
+    "rows_no_tap_reaches": ((2, 2, 5, 24), (2, 1, 3, 3), dict(padding=(6, 1))),
+}
+
+
+def _depthwise_forward_inputs(case, dtype):
+    x_shape, w_shape, kwargs = DEPTHWISE_FORWARD[case]
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal(x_shape).astype(dtype)
+    weight = rng.standard_normal(w_shape).astype(dtype)
+    bias = rng.standard_normal(w_shape[0]).astype(dtype)
+    return x, weight, bias, dict(kwargs, groups=x_shape[1])
+
+
+@pytest.fixture
+def depthwise_calls(monkeypatch):
+    """Counts the calls of the in-place depthwise forward kernel."""
+    from convkit._lib import _conv
+
+    calls = []
+    kernel = _conv.forward_depthwise
+
+    def spy(*args):
+        calls.append(args)
+        return kernel(*args)
+
+    monkeypatch.setattr(_conv, "forward_depthwise", spy)
+    return calls
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", list(DEPTHWISE_FORWARD))
+def test_depthwise_forward(case, dtype, depthwise_calls):
+    """The in-place depthwise kernel, against the reference, equal at 1 and 2 threads."""
+    x, weight, bias, kwargs = _depthwise_forward_inputs(case, dtype)
+    expected = reference.conv2d(x, weight, bias, **kwargs)
+    results = []
+    for n in (1, 2):
+        with convkit.num_threads(n):
+            results.append(convkit.conv2d(x, weight, bias, method="direct", **kwargs))
+    assert len(depthwise_calls) == 2
+    assert_close(results[0], expected, err_msg=case)
+    np.testing.assert_array_equal(results[0], results[1])
+
+
+@pytest.mark.parametrize("case", ["mobilenet_28", "row_stride_crop"])
+def test_depthwise_grad_input_runs_in_place(case, depthwise_calls):
+    """A stride-1 depthwise grad_input is a depthwise forward: the same kernel runs it."""
+    x, weight, _, kwargs = _depthwise_forward_inputs(case, np.float64)
+    grad_output = np.random.default_rng(3).standard_normal(
+        reference.conv2d(x, weight, **kwargs).shape)
+    got = convkit.conv2d_backward(grad_output, x, weight, method="direct",
+                                  output_mask=(True, False, False), **kwargs)[0]
+    expected = reference.conv2d_backward(grad_output, x, weight, **kwargs)[0]
+    assert len(depthwise_calls) == (1 if kwargs.get("stride", 1) == 1 else 0)
+    assert_close(got, expected, kind="grad", err_msg=case)
+
+
+def test_depthwise_forward_nonfinite():
+    """inf beside a row's edge stays out of the cleared lanes; an inf weight keeps 0 * inf.
+
+    The kernel reads across the neighbouring row and clears those lanes, so
+    an inf there must not reach the other row's sums. It skips the padding,
+    so a non-finite weight takes the grid kernels, which multiply the
+    padding's zeros by it as the reference does.
+    """
+    x, weight, bias, kwargs = _depthwise_forward_inputs("mobilenet_28", np.float32)
+    x[0, 1, 5, 27] = np.inf     # read across by row 6's left edge vector
+    x[1, 2, 9, 0] = -np.inf     # read across by row 8's right edge vector
+    x[1, 3, 27, 27] = np.nan    # the last element of x
+    bad_weight = weight.copy()
+    bad_weight[2, 0, 0, 0] = np.inf
+    with np.errstate(invalid="ignore"):
+        for w in (weight, bad_weight):
+            got = convkit.conv2d(x, w, bias, method="direct", **kwargs)
+            expected = reference.conv2d(x, w, bias, **kwargs)
+            np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
+            np.testing.assert_array_equal(np.isinf(got), np.isinf(expected))
+            finite = np.isfinite(expected)
+            assert_close(got[finite], expected[finite])
+
+
+def test_depthwise_forward_keeps_grid_kernels_elsewhere(depthwise_calls):
+    """Rows narrower than a vector, column strides and 4+ outputs per group keep the grid."""
+    from convkit._lib import _conv
+
+    lanes = _conv.vector_lanes(4)
+    rng = np.random.default_rng(0)
+    for x_shape, w_shape, kwargs in [
+            ((1, 2, 9, lanes - 1), (2, 1, 3, 3), dict(groups=2)),
+            ((1, 2, 9, 40), (2, 1, 3, 3), dict(groups=2, stride=(1, 2))),
+            ((1, 2, 9, 40), (8, 1, 3, 3), dict(groups=2)),
+            ((1, 2, 9, 40), (2, 1, 3, 17), dict(groups=2))]:
+        x = rng.standard_normal(x_shape).astype(np.float32)
+        w = rng.standard_normal(w_shape).astype(np.float32)
+        assert_close(convkit.conv2d(x, w, method="direct", **kwargs),
+                     reference.conv2d(x, w, **kwargs))
+    assert depthwise_calls == []
+
+
 @pytest.mark.parametrize("case", ["flat_runs", "rows_no_tap_reaches", "row_stride"])
 def test_depthwise_grad_weight_nonfinite_grad_output(case):
     """An inf or NaN in grad_output meets the padding (0 * inf is NaN) as in torch.

@@ -30,6 +30,7 @@ cases = [
     ((2, 3, 30, 37), (3, 1, 5, 3), dict(groups=3, padding=(2, 1))),      # depthwise, flat runs
     ((2, 2, 9, 21), (4, 1, 3, 4), dict(groups=2, stride=(2, 1), padding=(4, 0))),  # row by row
     ((2, 3, 6, 37), (8, 3, 3, 5), dict(dilation=(1, 2), padding=(1, 3))),  # col2im, wide rows
+    ((1, 2, 14, 40), (6, 1, 3, 7), dict(groups=2, padding=(1, 5), dilation=(2, 3))),  # in place
 ]
 worst = 0.0
 rng = np.random.default_rng(0)

@@ -198,6 +198,7 @@ cdef extern from "_direct.h" nogil:
         CK_GW_KB
         CK_SHORT
         CK_SLACK
+        CK_DW_SMAX
     ctypedef void (*ck_fwd_f32_t)(const float *, const float *, const int64_t *, int64_t,
                                   int64_t, int64_t, int64_t, int64_t, int64_t, float *,
                                   int64_t, float *, int64_t, int64_t, int64_t, int64_t,
@@ -236,6 +237,14 @@ cdef extern from "_direct.h" nogil:
                                   int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
                                   int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
                                   int64_t, int64_t, const double *, int64_t, double *)
+    ctypedef void (*ck_fwdw_f32_t)(const float *, int64_t, int64_t, int64_t, int64_t,
+                                   const float *, int64_t, int64_t, int64_t, int64_t, int64_t,
+                                   int64_t, int64_t, float *, int64_t, int64_t, int64_t,
+                                   float)
+    ctypedef void (*ck_fwdw_f64_t)(const double *, int64_t, int64_t, int64_t, int64_t,
+                                   const double *, int64_t, int64_t, int64_t, int64_t, int64_t,
+                                   int64_t, int64_t, double *, int64_t, int64_t, int64_t,
+                                   double)
     ctypedef int (*ck_nonfinite_f32_t)(const float *, int64_t)
     ctypedef int (*ck_nonfinite_f64_t)(const double *, int64_t)
     ctypedef void (*ck_col2im_f32_t)(const float *, int64_t, int64_t, int64_t, int64_t,
@@ -275,6 +284,8 @@ cdef extern from "_direct.h" nogil:
         ck_col2im_f64_t col2im_f64
         ck_fwd_f32_t fwds_f32
         ck_fwd_f64_t fwds_f64
+        ck_fwdw_f32_t fwdw_f32
+        ck_fwdw_f64_t fwdw_f64
     ck_kernels_t ck_kernels
     void ck_select_kernels(const char *cap)
     void ck_add_rows_f32(float *out, const float *src, int64_t n)
@@ -293,6 +304,7 @@ _select_kernels()
 
 CHANNEL_BLOCK = CK_KB
 PLANE_SLACK = CK_SLACK
+DEPTHWISE_MAX_WIDTH = CK_DW_SMAX
 
 
 def channel_vector_block(itemsize, wide=False):
@@ -314,6 +326,11 @@ def grad_weight_channel_block(itemsize):
 def grad_weight_column_block():
     """Weight columns (c, r, s) per register block of the channel-vector grad_weight kernel."""
     return ck_kernels.gwk_cols
+
+
+def vector_lanes(itemsize):
+    """Elements of ``itemsize`` bytes per vector of the direct kernels chosen at import."""
+    return {"avx512f": 64, "avx2": 32}.get(kernel_isa(), 16) // itemsize
 
 
 def kernel_isa():
@@ -507,6 +524,35 @@ def forward_local(const floating[:, :, :, ::1] x,           # IN  (N, C, H, W)
                            Q, P, xs + Cg * chan_stride, gstride, &y[n, g * Kg + k0, 0, 0],
                            ks, rs, cs, kcount, &bias[g * Kg + k0], kb, channel_vector, S, dh,
                            pt, rows)
+
+
+def forward_depthwise(const floating[:, :, :, ::1] x,  # IN  (N, C, H, W)
+                      const floating[:, ::1] w,           # IN  (K, R*S), finite
+                      const floating[::1] bias,           # IN  (K,)
+                      floating[:, :, :, :] y,             # OUT (N, K, P, Q), column stride 1
+                      int64_t R, int64_t S, int64_t sh, int64_t pt, int64_t pl, int64_t dh,
+                      int64_t dw, int n_threads):
+    """y = conv of x with one input channel per group (K/C output channels each), column stride 1.
+
+    Reads x and writes y in place, one task per output plane (see
+    CK_DEFINE_FORWARD_DW in _direct.h): no packing and no scratch. ``y``
+    may be a strided view whose columns are contiguous.
+    """
+    cdef int64_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef int64_t K = y.shape[1], P = y.shape[2], Q = y.shape[3]
+    cdef int64_t m = K // C, x_len = N * C * H * W
+    cdef int64_t rs = y.strides[2] // sizeof(floating)
+    cdef int64_t task, n, k
+    cdef ck_kernels_t kern = ck_kernels
+    for task in prange(N * K, schedule="static", nogil=True, num_threads=n_threads):
+        n = task // K
+        k = task % K
+        if floating is float:
+            kern.fwdw_f32(&x[0, 0, 0, 0], x_len, (n * C + k // m) * H * W, H, W, &w[k, 0], R,
+                          S, sh, pt, pl, dh, dw, &y[n, k, 0, 0], rs, P, Q, bias[k])
+        else:
+            kern.fwdw_f64(&x[0, 0, 0, 0], x_len, (n * C + k // m) * H * W, H, W, &w[k, 0], R,
+                          S, sh, pt, pl, dh, dw, &y[n, k, 0, 0], rs, P, Q, bias[k])
 
 
 def forward_packed(const floating[:, :, :, ::1] xpk,      # IN  (N, C, phases, plane_len)

@@ -750,6 +750,209 @@ CK_DEFINE_ADD_ROWS(ck_add_rows_f64, double)
                       plane + c * H * W, H, W);                                           \
     }
 
+/* ---- depthwise forward, in place ---------------------------------------- */
+
+/* One output plane of a convolution with one input channel per group, at
+ * column stride 1, read from x where it lies and written to y directly: no
+ * packing, no grid.
+ *
+ *   y[p*y_rstride + q] = bias + sum_r sum_s w[r*S + s] * x[x_off + h*W + c]
+ *
+ * with h = p*sh - pt + r*dh and c = q - pl + s*dw, S <= CK_DW_SMAX. Kernel
+ * rows whose input row h lies outside [0, H) are skipped; for the others,
+ * every kernel column runs in order. Output rows that every kernel row
+ * reaches go 6 at a time by 2 vectors of VL columns, the others one at a
+ * time by up to 4 vectors, so that up to 12 sums are in flight. The
+ * vectors whose reads all fall inside the row go together and load as
+ * they are; the others (the first and last few of a row) go together too,
+ * load whole vectors across the neighbouring row and clear bitwise the
+ * lanes whose column lies outside [0, W), so that whatever lies there (an
+ * inf included) adds +0. A block that would read past an end of x (x_len
+ * elements in all) sums term by term instead, skipping those columns: the
+ * same sums, as a sum from +0 never turns -0 and adding +0 leaves it
+ * unchanged. Every output's terms are added in the same order, whatever
+ * the block or the variant. The weights must be finite: a skipped kernel
+ * row or a cleared lane stands for a padding zero, and 0 * inf is NaN.
+ * Rows of fewer than VL columns store their columns one by one; a row's
+ * last vector overlaps its neighbour and writes the same values again. */
+#define CK_DW_SMAX 16
+#define CK_DEFINE_FORWARD_DW(NAME, T, TI, VBYTES, ATTR)                                \
+    ATTR static void NAME(const T *x, int64_t x_len, int64_t x_off, int64_t H,         \
+                          int64_t W, const T *w, int64_t R, int64_t S, int64_t sh,     \
+                          int64_t pt, int64_t pl, int64_t dh, int64_t dw, T *y,        \
+                          int64_t y_rstride, int64_t P, int64_t Q, T bias)             \
+    {                                                                                  \
+        typedef T V __attribute__((vector_size(VBYTES)));                              \
+        typedef TI VI __attribute__((vector_size(VBYTES)));                            \
+        typedef T E; /* the types, for CK_DW_BLOCK */                                 \
+        typedef TI EI;                                                                 \
+        enum { VL = VBYTES / sizeof(T) };                                              \
+        int64_t p, l, vi0, vi1, full_lo, full_hi;                                      \
+        int64_t nvec = Q >= VL ? (Q + VL - 1) / VL : 1;                                \
+        /* Vectors starting at column q in [in_lo, in_hi] read inside the row. */     \
+        int64_t in_lo = pl, in_hi = W - VL + pl - (S - 1) * dw;                        \
+        VI iota;                                                                       \
+        for (l = 0; l < VL; l++)                                                       \
+            iota[l] = (TI)l;                                                           \
+        /* [full_lo, full_hi): output rows that every kernel row reaches. */          \
+        full_lo = pt <= 0 ? 0 : (pt + sh - 1) / sh;                                    \
+        full_hi = H - 1 - (R - 1) * dh + pt < 0 ? 0                                    \
+                  : (H - 1 - (R - 1) * dh + pt) / sh + 1;                              \
+        if (full_hi > P)                                                               \
+            full_hi = P;                                                               \
+        if (full_lo > full_hi)                                                         \
+            full_lo = full_hi;                                                         \
+        /* [vi0, vi1): the vectors whose reads fall inside the row (q(v) grows  \
+         * with v, so they are consecutive). */                                \
+        for (vi0 = 0; vi0 < nvec && !CK_DW_INSIDE(vi0); vi0++)                         \
+            ;                                                                          \
+        for (vi1 = vi0; vi1 < nvec && CK_DW_INSIDE(vi1); vi1++)                        \
+            ;                                                                          \
+        for (p = 0; p < P;) {                                                          \
+            int64_t v, nr, nv_max, r_lo = 0, r_hi = R, base = p * sh - pt, qs[4], n = 0; \
+            int inside;                                                                \
+            if (p >= full_lo && p + 6 <= full_hi) {                                    \
+                nr = 6;                                                                \
+                nv_max = 2;                                                            \
+            } else {                                                                   \
+                nr = 1;                                                                \
+                nv_max = 4;                                                            \
+                r_lo = base >= 0 ? 0 : (-base + dh - 1) / dh;                          \
+                r_hi = H - 1 - base < 0 ? 0 : (H - 1 - base) / dh + 1;                 \
+                r_hi = r_hi < R ? r_hi : R;                                            \
+            }                                                                          \
+            /* Edge vectors first, then interior ones, in blocks of up to    \
+             * nv_max (qs holds a block's columns). */                         \
+            inside = 0;                                                                \
+            for (v = 0; v < nvec; v++) {                                               \
+                if (v == vi0)                                                          \
+                    v = vi1;                                                           \
+                if (v == nvec)                                                         \
+                    break;                                                             \
+                qs[n++] = CK_DW_COLUMN(v);                                             \
+                if (n == nv_max)                                                       \
+                    CK_DW_FLUSH();                                                     \
+            }                                                                          \
+            CK_DW_FLUSH();                                                             \
+            inside = 1;                                                                \
+            for (v = vi0; v < vi1; v++) {                                              \
+                qs[n++] = CK_DW_COLUMN(v);                                             \
+                if (n == nv_max)                                                       \
+                    CK_DW_FLUSH();                                                     \
+            }                                                                          \
+            CK_DW_FLUSH();                                                             \
+            p += nr;                                                                   \
+        }                                                                              \
+    }
+
+/* The first column of CK_DEFINE_FORWARD_DW's vector V_ (none past Q - VL, nor
+ * before 0), and whether its reads fall inside the row. */
+#define CK_DW_COLUMN(V_) ((V_) * VL < Q - VL ? (V_) * VL : Q - VL > 0 ? Q - VL : 0)
+#define CK_DW_INSIDE(V_) (CK_DW_COLUMN(V_) >= in_lo && CK_DW_COLUMN(V_) <= in_hi)
+
+/* The n columns in qs as blocks of CK_DEFINE_FORWARD_DW's current rows. */
+#define CK_DW_FLUSH()                                                                  \
+    do {                                                                               \
+        int64_t at = 0;                                                                \
+        while (at < n) {                                                               \
+            int64_t nv = n - at >= 4 ? 4 : n - at >= 2 ? 2 : 1;                        \
+            const int64_t *qb = qs + at;                                               \
+            if (nr == 6 && nv == 2) CK_DW_BLOCK_KIND(6, 2);                            \
+            else if (nr == 6) CK_DW_BLOCK_KIND(6, 1);                                  \
+            else if (nv == 4) CK_DW_BLOCK_KIND(1, 4);                                  \
+            else if (nv == 2) CK_DW_BLOCK_KIND(1, 2);                                  \
+            else CK_DW_BLOCK_KIND(1, 1);                                               \
+            at += nv;                                                                  \
+        }                                                                              \
+        n = 0;                                                                         \
+    } while (0)
+
+/* A block by its kind: interior (plain loads) or near an edge (masked
+ * loads); one whose vectors would also cross an end of x goes term by term. */
+#define CK_DW_BLOCK_KIND(NR, NV)                                                       \
+    do {                                                                               \
+        if (inside) {                                                                  \
+            CK_DW_BLOCK(NR, NV, 0);                                                    \
+        } else {                                                                       \
+            int64_t j_, lo_ = x_len, hi_ = 0;                                          \
+            for (j_ = 0; j_ < (NV); j_++) {                                            \
+                int64_t a_ = x_off + (base + r_lo * dh) * W + qb[j_] - pl;             \
+                int64_t b_ = x_off + (base + ((NR) - 1) * sh + (r_hi - 1) * dh) * W    \
+                             + qb[j_] - pl + (S - 1) * dw + VL;                        \
+                lo_ = a_ < lo_ ? a_ : lo_;                                             \
+                hi_ = b_ > hi_ ? b_ : hi_;                                             \
+            }                                                                          \
+            if (r_lo >= r_hi || (lo_ >= 0 && hi_ <= x_len))                            \
+                CK_DW_BLOCK(NR, NV, 1);                                                \
+            else                                                                       \
+                CK_DW_SCALAR((NR), (NV));                                              \
+        }                                                                              \
+    } while (0)
+
+/* CK_DW_BLOCK's sums one output at a time, skipping the columns outside the
+ * row (whose terms the vector blocks add as +0), for blocks at an end of x. */
+#define CK_DW_SCALAR(NR, NV)                                                           \
+    do {                                                                               \
+        int64_t i_, j_, l_, r_, s_;                                                    \
+        for (i_ = 0; i_ < (NR); i_++)                                                  \
+            for (j_ = 0; j_ < (NV); j_++)                                              \
+                for (l_ = 0; l_ < VL && qb[j_] + l_ < Q; l_++) {                       \
+                    E sum_ = 0;                                                        \
+                    for (r_ = r_lo; r_ < r_hi; r_++)                                   \
+                        for (s_ = 0; s_ < S; s_++) {                                   \
+                            int64_t c_ = qb[j_] + l_ - pl + s_ * dw;                   \
+                            if (c_ >= 0 && c_ < W)                                     \
+                                sum_ += x[x_off + (base + i_ * sh + r_ * dh) * W + c_] \
+                                        * w[r_ * S + s_];                              \
+                        }                                                              \
+                    y[(p + i_) * y_rstride + qb[j_] + l_] = sum_ + bias;               \
+                }                                                                      \
+    } while (0)
+
+/* Output rows [p, p + NR) by the NV vectors from columns qb[0:NV] of
+ * CK_DEFINE_FORWARD_DW, kernel rows [r_lo, r_hi). MODE 0 loads as they
+ * are; 1 clears the lanes outside the row, with masks made once per block. */
+#define CK_DW_BLOCK(NR, NV, MODE)                                                      \
+    do {                                                                               \
+        V acc_[NR][NV];                                                                \
+        VI mk_[(MODE) ? (NV) * CK_DW_SMAX : 1];                                        \
+        int64_t r_, s_, i_, j_, l_;                                                    \
+        CK_UNROLL for (i_ = 0; i_ < (NR); i_++)                                        \
+            CK_UNROLL for (j_ = 0; j_ < (NV); j_++)                                    \
+                acc_[i_][j_] = (V){0};                                                 \
+        if (MODE)                                                                      \
+            for (s_ = 0; s_ < S; s_++)                                                 \
+                CK_UNROLL for (j_ = 0; j_ < (NV); j_++) {                              \
+                    EI c_ = (EI)(qb[j_] - pl + s_ * dw);                               \
+                    mk_[s_ * (NV) + j_] = (iota + c_ >= 0) & (iota + c_ < (EI)W);      \
+                }                                                                      \
+        for (r_ = r_lo; r_ < r_hi; r_++) {                                             \
+            int64_t xi_ = x_off + (base + r_ * dh) * W - pl;                           \
+            for (s_ = 0; s_ < S; s_++, xi_ += dw) {                                    \
+                E wv_ = w[r_ * S + s_];                                                \
+                CK_UNROLL for (j_ = 0; j_ < (NV); j_++)                                \
+                    CK_UNROLL for (i_ = 0; i_ < (NR); i_++) {                          \
+                        V xv_;                                                         \
+                        int64_t ix_ = xi_ + i_ * sh * W + qb[j_];                      \
+                        memcpy(&xv_, x + ix_, sizeof(V));                              \
+                        if (MODE)                                                      \
+                            xv_ = (V)((VI)xv_ & mk_[s_ * (NV) + j_]);                  \
+                        acc_[i_][j_] += xv_ * wv_;                                     \
+                    }                                                                  \
+            }                                                                          \
+        }                                                                              \
+        CK_UNROLL for (i_ = 0; i_ < (NR); i_++)                                        \
+            CK_UNROLL for (j_ = 0; j_ < (NV); j_++) {                                  \
+                E *yr_ = y + (p + i_) * y_rstride + qb[j_];                            \
+                V o_ = acc_[i_][j_] + bias;                                            \
+                if (Q >= VL) /* then no vector passes Q */                             \
+                    memcpy(yr_, &o_, sizeof(V));                                       \
+                else                                                                   \
+                    for (l_ = 0; qb[j_] + l_ < Q; l_++)                                \
+                        yr_[l_] = o_[l_];                                              \
+            }                                                                          \
+    } while (0)
+
 /* ---- finiteness scan --------------------------------------------------- */
 
 /* 1 if a[0:n] holds an inf or a NaN, else 0: x - x is +0 for finite x and NaN
@@ -806,6 +1009,8 @@ CK_DEFINE_NONFINITE(ck_nonfinite_f32_base, float, 16, CK_BASE)
 CK_DEFINE_NONFINITE(ck_nonfinite_f64_base, double, 16, CK_BASE)
 CK_DEFINE_COL2IM(ck_col2im_f32_base, float, int32_t, 16, CK_BASE)
 CK_DEFINE_COL2IM(ck_col2im_f64_base, double, int64_t, 16, CK_BASE)
+CK_DEFINE_FORWARD_DW(ck_fwdw_f32_base, float, int32_t, 16, CK_BASE)
+CK_DEFINE_FORWARD_DW(ck_fwdw_f64_base, double, int64_t, 16, CK_BASE)
 #if CK_X86
 /* 16 registers: 4 channels x 3 vectors of positions, or all CK_KB channels
  * x 1 vector for short reductions (fwds_*). */
@@ -829,6 +1034,8 @@ CK_DEFINE_NONFINITE(ck_nonfinite_f32_avx2, float, 32, CK_AVX2)
 CK_DEFINE_NONFINITE(ck_nonfinite_f64_avx2, double, 32, CK_AVX2)
 CK_DEFINE_COL2IM(ck_col2im_f32_avx2, float, int32_t, 32, CK_AVX2)
 CK_DEFINE_COL2IM(ck_col2im_f64_avx2, double, int64_t, 32, CK_AVX2)
+CK_DEFINE_FORWARD_DW(ck_fwdw_f32_avx2, float, int32_t, 32, CK_AVX2)
+CK_DEFINE_FORWARD_DW(ck_fwdw_f64_avx2, double, int64_t, 32, CK_AVX2)
 CK_DEFINE_FORWARD(ck_fwd_f32_avx512, float, 64, CK_KB, CK_KB, 2, CK_AVX512)
 CK_DEFINE_FORWARD(ck_fwd_f64_avx512, double, 64, CK_KB, CK_KB, 2, CK_AVX512)
 CK_DEFINE_FORWARD(ck_fwd1_f32_avx512, float, 64, 1, 1, 8, CK_AVX512)
@@ -851,6 +1058,8 @@ CK_DEFINE_NONFINITE(ck_nonfinite_f32_avx512, float, 64, CK_AVX512)
 CK_DEFINE_NONFINITE(ck_nonfinite_f64_avx512, double, 64, CK_AVX512)
 CK_DEFINE_COL2IM(ck_col2im_f32_avx512, float, int32_t, 64, CK_AVX512)
 CK_DEFINE_COL2IM(ck_col2im_f64_avx512, double, int64_t, 64, CK_AVX512)
+CK_DEFINE_FORWARD_DW(ck_fwdw_f32_avx512, float, int32_t, 64, CK_AVX512)
+CK_DEFINE_FORWARD_DW(ck_fwdw_f64_avx512, double, int64_t, 64, CK_AVX512)
 #endif
 
 typedef void (*ck_fwd_f32_t)(const float *, const float *, const int64_t *, int64_t, int64_t,
@@ -891,6 +1100,12 @@ typedef int (*ck_gwr_f64_t)(const double *, int64_t, int64_t, int64_t, const dou
                              int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
                              int64_t, const double *, int64_t, double *);
 
+typedef void (*ck_fwdw_f32_t)(const float *, int64_t, int64_t, int64_t, int64_t,
+                              const float *, int64_t, int64_t, int64_t, int64_t, int64_t,
+                              int64_t, int64_t, float *, int64_t, int64_t, int64_t, float);
+typedef void (*ck_fwdw_f64_t)(const double *, int64_t, int64_t, int64_t, int64_t,
+                              const double *, int64_t, int64_t, int64_t, int64_t, int64_t,
+                              int64_t, int64_t, double *, int64_t, int64_t, int64_t, double);
 typedef int (*ck_nonfinite_f32_t)(const float *, int64_t);
 typedef int (*ck_nonfinite_f64_t)(const double *, int64_t);
 typedef void (*ck_col2im_f32_t)(const float *, int64_t, int64_t, int64_t, int64_t, int64_t,
@@ -928,6 +1143,9 @@ typedef struct {
      * are fwd_*'s, term for term. */
     ck_fwd_f32_t fwds_f32;
     ck_fwd_f64_t fwds_f64;
+    /* one input channel per group, read and written in place */
+    ck_fwdw_f32_t fwdw_f32;
+    ck_fwdw_f64_t fwdw_f64;
 } ck_kernels_t;
 
 static ck_kernels_t ck_kernels = {
@@ -937,7 +1155,7 @@ static ck_kernels_t ck_kernels = {
     ck_gw1_f32_base, ck_gw1_f64_base, ck_gwk_f32_base, ck_gwk_f64_base, 8, 4, 6,
     ck_gwr_f32_base, ck_gwr_f64_base,
     ck_nonfinite_f32_base, ck_nonfinite_f64_base, ck_col2im_f32_base, ck_col2im_f64_base,
-    ck_fwd_f32_base, ck_fwd_f64_base};
+    ck_fwd_f32_base, ck_fwd_f64_base, ck_fwdw_f32_base, ck_fwdw_f64_base};
 
 /* Pick the widest variant this CPU runs; CONVKIT_ISA=avx2|baseline caps it. */
 static void ck_select_kernels(const char *cap)
@@ -956,7 +1174,8 @@ static void ck_select_kernels(const char *cap)
                           ck_gwk_f64_avx512, 32, 16, 12, ck_gwr_f32_avx512, ck_gwr_f64_avx512,
                           ck_nonfinite_f32_avx512,
                           ck_nonfinite_f64_avx512, ck_col2im_f32_avx512,
-                          ck_col2im_f64_avx512, ck_fwd_f32_avx512, ck_fwd_f64_avx512};
+                          ck_col2im_f64_avx512, ck_fwd_f32_avx512, ck_fwd_f64_avx512,
+                          ck_fwdw_f32_avx512, ck_fwdw_f64_avx512};
         ck_kernels = k;
     } else if (allow2 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
         ck_kernels_t k = {"avx2", ck_fwd_f32_avx2, ck_fwd1_f32_avx2, ck_fwdk_f32_avx2,
@@ -967,7 +1186,8 @@ static void ck_select_kernels(const char *cap)
                           ck_gwk_f64_avx2, 16, 8, 6, ck_gwr_f32_avx2, ck_gwr_f64_avx2,
                           ck_nonfinite_f32_avx2,
                           ck_nonfinite_f64_avx2, ck_col2im_f32_avx2,
-                          ck_col2im_f64_avx2, ck_fwds_f32_avx2, ck_fwds_f64_avx2};
+                          ck_col2im_f64_avx2, ck_fwds_f32_avx2, ck_fwds_f64_avx2,
+                          ck_fwdw_f32_avx2, ck_fwdw_f64_avx2};
         ck_kernels = k;
     }
 #else
