@@ -110,10 +110,12 @@ def _measured_method(g, op, itemsize):
     """The "auto" rule: direct or im2col for ``op`` in forward/grad_input/grad_weight.
 
     Measured on the benchmark shapes with 1 and 2 threads (README, "Choosing
-    a method"); the rule depends on the shape, the dtype and the CPU's kernel
-    variant, never on the thread count, so results stay bitwise identical
-    across thread counts. 1x1 convolutions are one GEMM with no im2col at
-    all, forward and grad_input alike (a 1x1 grad_input is weights^T x
+    a method"); the rule depends on the shape, the dtype, the CPU's kernel
+    variant and BLAS's, never on the thread count, so results stay bitwise
+    identical across thread counts. 1x1 convolutions run direct throughout
+    where BLAS's vectors are narrower than the kernels'
+    (_blas_narrower_than_kernels). Elsewhere they are one GEMM with no im2col
+    at all, forward and grad_input alike (a 1x1 grad_input is weights^T x
     grad_output, image by image), except for grad_weight where the
     channel-vector kernel applies: it reads x in place and sums all images
     in one pass where the GEMMs go image by image. (conv2d_backward runs
@@ -127,6 +129,8 @@ def _measured_method(g, op, itemsize):
     multi-channel inputs with P*Q >= 1024 at stride 1, else im2col.
     """
     if g.is_pointwise:
+        if _blas_narrower_than_kernels():
+            return "direct"
         if op == "grad_weight" and _use_channel_vector_grad_weight(g, itemsize):
             return "direct"
         return "im2col"
@@ -137,6 +141,34 @@ def _measured_method(g, op, itemsize):
     if g.C_per_group == 1:
         return "im2col"
     return "direct" if g.P * g.Q >= 1024 and g.stride == (1, 1) else "im2col"
+
+
+# OpenBLAS core names (threadpoolctl's "architecture") whose GEMM kernels use
+# AVX-512.
+_AVX512_OPENBLAS_CORES = frozenset({"skylakex", "cooperlake", "sapphirerapids"})
+
+
+@functools.lru_cache(maxsize=1)
+def _blas_narrower_than_kernels():
+    """Whether NumPy's BLAS runs narrower vectors than convkit's direct kernels.
+
+    True where the direct kernels are AVX-512 and NumPy's OpenBLAS runs a
+    core without AVX-512 (it names an AVX2 core, such as Haswell, for CPUs it
+    does not know). Then every 1x1 convolution runs direct: on a 2-core Zen 5
+    EPYC whose OpenBLAS 0.3.31 ran its Haswell kernels, the direct forward,
+    grad_input and grad_weight were 1.0x-3.1x as fast as the GEMMs on six
+    1x1 shapes, float32 and float64 (README, "Choosing a method"). Where
+    BLAS's vectors are as wide (an AVX-512 OpenBLAS core, MKL, an unknown
+    library), the measured GEMM rule stands.
+    """
+    if _conv.kernel_isa() != "avx512f":
+        return False
+    libraries = _threads.blas_info()
+    return bool(libraries) and all(
+        lib.get("internal_api") == "openblas"
+        and str(lib.get("architecture", "")).lower() not in _AVX512_OPENBLAS_CORES
+        and lib.get("architecture") is not None
+        for lib in libraries)
 
 
 def _use_channel_vector_grad_weight(g, itemsize):

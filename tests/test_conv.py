@@ -108,7 +108,10 @@ def test_grid_exercises_both_auto_branches():
         for op in ("forward", "grad_input", "grad_weight"):
             for itemsize in (4, 8):
                 chosen.add((_choose_method(g, op, itemsize), g.is_pointwise))
-    expected = {("direct", False), ("im2col", True)}
+    from convkit.functional import _blas_narrower_than_kernels
+
+    # 1x1 convolutions take the GEMMs unless BLAS's vectors are narrower.
+    expected = {("direct", False), ("direct" if _blas_narrower_than_kernels() else "im2col", True)}
     # A non-pointwise im2col grad_weight needs K/G >= 8 below half the
     # channel-vector kernel's block, which only the AVX-512 variant's
     # 32-channel float32 block leaves room for.
@@ -118,6 +121,39 @@ def test_grid_exercises_both_auto_branches():
     if max(blocks) > 2 * 8:
         expected.add(("im2col", False))
     assert expected <= chosen
+
+
+@pytest.mark.parametrize("isa, libraries, narrower", [
+    ("avx512f", [{"internal_api": "openblas", "architecture": "Haswell"}], True),
+    ("avx512f", [{"internal_api": "openblas", "architecture": "Zen"}], True),
+    ("avx512f", [{"internal_api": "openblas", "architecture": "SkylakeX"}], False),
+    ("avx512f", [{"internal_api": "openblas", "architecture": "SapphireRapids"}], False),
+    ("avx512f", [{"internal_api": "mkl", "architecture": None}], False),
+    ("avx512f", [], False),
+    ("avx2", [{"internal_api": "openblas", "architecture": "Haswell"}], False),
+    ("baseline", [{"internal_api": "openblas", "architecture": "Prescott"}], False),
+])
+def test_pointwise_rule_follows_blas_width(monkeypatch, isa, libraries, narrower):
+    """1x1 convolutions run direct exactly where BLAS's vectors are narrower than the kernels'."""
+    from convkit import _threads
+    from convkit._lib import _conv
+    from convkit._validation import conv_geometry
+    from convkit import functional
+
+    monkeypatch.setattr(_conv, "kernel_isa", lambda: isa)
+    monkeypatch.setattr(_threads, "blas_info", lambda: libraries)
+    functional._blas_narrower_than_kernels.cache_clear()
+    try:
+        assert functional._blas_narrower_than_kernels() is narrower
+        pointwise = conv_geometry((2, 8, 5, 5), (4, 8, 1, 1), 1, 0, 1, 1)
+        methods = {functional._measured_method(pointwise, op, 4)
+                   for op in ("forward", "grad_input")}
+        assert methods == {"direct" if narrower else "im2col"}
+        # Other shapes keep their rule.
+        three = conv_geometry((2, 8, 5, 5), (4, 8, 3, 3), 1, 1, 1, 1)
+        assert functional._measured_method(three, "forward", 4) == "direct"
+    finally:
+        functional._blas_narrower_than_kernels.cache_clear()
 
 
 def test_auto_stays_off_blas_it_cannot_hold(monkeypatch):
