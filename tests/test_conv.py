@@ -225,6 +225,52 @@ def test_shifted_layout_forward(case, dtype, monkeypatch):
     np.testing.assert_array_equal(y, unshifted)
 
 
+# Geometries of every grid-kernel path: the whole input packed first (one
+# image), packed per (image, group) task, narrow groups packed per block, the
+# column-shifted layout, one output channel per block (K/G < 4), a partial
+# last block of output channels, mixed strides and dilations.
+CHANNEL_PASS_CASES = {
+    "packed one image": ((1, 40, 13, 13), (16, 40, 3, 3), dict(padding=1)),
+    "per image, stride 2": ((4, 24, 17, 17), (12, 24, 3, 3), dict(stride=2, padding=1)),
+    "narrow groups": ((2, 8, 12, 12), (16, 4, 3, 3), dict(groups=2, padding=2, dilation=2)),
+    "shifted layout": ((4, 3, 16, 16), (32, 3, 3, 3), dict(padding=1)),
+    "one channel per block": ((2, 20, 9, 11), (2, 20, 2, 3), dict(stride=(2, 1))),
+    "block tail, mixed": ((3, 33, 15, 14), (11, 33, 3, 2), dict(stride=(1, 2), dilation=(2, 1),
+                                                              padding=((1, 2), (0, 1)))),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CHANNEL_PASS_CASES)
+def test_channel_passes_keep_the_sums(case, dtype, monkeypatch):
+    """Summing the input channels in passes gives one pass's bits, forward and grad_input."""
+    from convkit import functional
+
+    x_shape, w_shape, kwargs = CHANNEL_PASS_CASES[case]
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal(x_shape).astype(dtype)
+    weight = rng.standard_normal(w_shape).astype(dtype)
+    bias = rng.standard_normal(w_shape[0]).astype(dtype)
+    y = convkit.conv2d(x, weight, bias, method="direct", **kwargs)
+    grad_y = rng.standard_normal(y.shape).astype(dtype)
+
+    def run():
+        with convkit.num_threads(2):
+            forward = convkit.conv2d(x, weight, bias, method="direct", **kwargs)
+            grad_x = convkit.conv2d_backward(grad_y, x, weight, method="direct",
+                                             output_mask=(True, False, False), **kwargs)[0]
+        return forward, grad_x
+
+    monkeypatch.setattr(functional, "_GRID_PASS_BYTES", 1 << 40)
+    one_forward, one_grad_x = run()
+    assert_close(one_forward, reference.conv2d(x, weight, bias, **kwargs), err_msg=case)
+    for pass_bytes in (1, 3 * x.itemsize, 16 * x.itemsize):
+        monkeypatch.setattr(functional, "_GRID_PASS_BYTES", pass_bytes)
+        forward, grad_x = run()
+        np.testing.assert_array_equal(forward, one_forward, err_msg=f"{case}, {pass_bytes}")
+        np.testing.assert_array_equal(grad_x, one_grad_x, err_msg=f"{case}, {pass_bytes}")
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("case", CASE_IDS)

@@ -202,11 +202,11 @@ cdef extern from "_direct.h" nogil:
     ctypedef void (*ck_fwd_f32_t)(const float *, const float *, const int64_t *, int64_t,
                                   int64_t, int64_t, int64_t, int64_t, int64_t, float *,
                                   int64_t, float *, int64_t, int64_t, int64_t, int64_t,
-                                  const float *)
+                                  const float *, int64_t)
     ctypedef void (*ck_fwd_f64_t)(const double *, const double *, const int64_t *, int64_t,
                                   int64_t, int64_t, int64_t, int64_t, int64_t, double *,
                                   int64_t, double *, int64_t, int64_t, int64_t, int64_t,
-                                  const double *)
+                                  const double *, int64_t)
     ctypedef void (*ck_fwdk_f32_t)(const float *, const float *, const int64_t *, int64_t,
                                    int64_t, int64_t, int64_t, int64_t, int64_t, float *,
                                    int64_t, float *, int64_t, int64_t, int64_t, int64_t,
@@ -438,8 +438,12 @@ cdef inline void _forward_block(const floating *x, const floating *w, const int6
                                 floating *y, int64_t ks, int64_t rs, int64_t cs,
                                 int64_t kcount, const floating *bias, int64_t kb,
                                 bint channel_vector, int64_t S, int64_t dh, int64_t row_lo,
-                                int64_t rows) noexcept nogil:
-    """One block of output channels of one image, written at y[k*ks + p*rs + q*cs]."""
+                                int64_t rows, int64_t c_pass) noexcept nogil:
+    """One block of output channels of one image, written at y[k*ks + p*rs + q*cs].
+
+    The grid kernels sum the input channels in passes of ``c_pass`` (0: one
+    pass), with the same sums as one pass.
+    """
     cdef ck_kernels_t kern = ck_kernels
     if floating is float:
         if channel_vector:
@@ -450,7 +454,7 @@ cdef inline void _forward_block(const floating *x, const floating *w, const int6
             (kern.fwd1_f32 if kb != CK_KB else
              kern.fwds_f32 if Cg * RS < CK_SHORT else kern.fwd_f32)(
                 x, w, tap_off, Cg, RS, chan_stride, Wph, Q, P, grid, gstride, y, ks, rs, cs,
-                kcount, bias)
+                kcount, bias, c_pass)
     else:
         if channel_vector:
             (kern.fwdkw_f64 if kb == kern.kvecw_f64 else kern.fwdk_f64)(
@@ -460,7 +464,7 @@ cdef inline void _forward_block(const floating *x, const floating *w, const int6
             (kern.fwd1_f64 if kb != CK_KB else
              kern.fwds_f64 if Cg * RS < CK_SHORT else kern.fwd_f64)(
                 x, w, tap_off, Cg, RS, chan_stride, Wph, Q, P, grid, gstride, y, ks, rs, cs,
-                kcount, bias)
+                kcount, bias, c_pass)
 
 
 def forward_local(const floating[:, :, :, ::1] x,           # IN  (N, C, H, W)
@@ -471,7 +475,8 @@ def forward_local(const floating[:, :, :, ::1] x,           # IN  (N, C, H, W)
                   floating[:, ::1] scratch,  # ZEROED (n_threads, C/G*planes*plane_len + grid)
                   int64_t sh, int64_t sw, int64_t pt, int64_t pl, int64_t Hph, int64_t Wph,
                   int64_t plane_len, bint per_image, bint channel_vector, int64_t S,
-                  int64_t dh, int64_t rows, bint shifted, int64_t dw, int n_threads):
+                  int64_t dh, int64_t rows, bint shifted, int64_t dw, int64_t c_pass,
+                  int n_threads):
     """forward_packed with each task packing the input channels it reads itself.
 
     The C/G channels of a group of one image are packed into the thread's
@@ -523,7 +528,7 @@ def forward_local(const floating[:, :, :, ::1] x,           # IN  (N, C, H, W)
             _forward_block(xs, &wpk[g, blk, 0, 0, 0], &tap_off[0], Cg, RS, chan_stride, Wph,
                            Q, P, xs + Cg * chan_stride, gstride, &y[n, g * Kg + k0, 0, 0],
                            ks, rs, cs, kcount, &bias[g * Kg + k0], kb, channel_vector, S, dh,
-                           pt, rows)
+                           pt, rows, c_pass)
 
 
 def forward_depthwise(const floating[:, :, :, ::1] x,  # IN  (N, C, H, W)
@@ -562,7 +567,7 @@ def forward_packed(const floating[:, :, :, ::1] xpk,      # IN  (N, C, phases, p
                    floating[:, :, :, :] y,                # OUT (N, K, P, Q), any strides
                    floating[:, ::1] scratch,              # (n_threads, kb * gstride)
                    int64_t Wph, bint channel_vector, int64_t S, int64_t dh, int64_t row_lo,
-                   int64_t rows, int n_threads):
+                   int64_t rows, int64_t c_pass, int n_threads):
     """y = conv of the packed input with the packed weights (see _direct.h).
 
     kb (the weights' last axis) selects the kernel: CK_KB output channels
@@ -570,7 +575,8 @@ def forward_packed(const floating[:, :, :, ::1] xpk,      # IN  (N, C, phases, p
     ``channel_vector``, channel_vector_block() channels in the vector lanes.
     The channel-vector kernel skips kernel rows that read only padding when
     ``rows`` >= 0: S taps per kernel row, dilation dh, input in plane rows
-    [row_lo, row_lo + rows) (stride 1 only; pass rows = -1 otherwise).
+    [row_lo, row_lo + rows) (stride 1 only; pass rows = -1 otherwise). The
+    grid kernels sum the input channels in passes of ``c_pass`` (0: one pass).
     """
     cdef int64_t N = xpk.shape[0], C = xpk.shape[1]
     cdef int64_t chan_stride = xpk.shape[2] * xpk.shape[3]
@@ -593,7 +599,7 @@ def forward_packed(const floating[:, :, :, ::1] xpk,      # IN  (N, C, phases, p
         _forward_block(&xpk[n, g * Cg, 0, 0], &wpk[g, blk, 0, 0, 0], &tap_off[0], Cg, RS,
                        chan_stride, Wph, Q, P, &scratch[omp_get_thread_num(), 0], gstride,
                        &y[n, g * Kg + k0, 0, 0], ks, rs, cs, kcount, &bias[g * Kg + k0], kb,
-                       channel_vector, S, dh, row_lo, rows)
+                       channel_vector, S, dh, row_lo, rows, c_pass)
 
 
 def grad_weight_packed(const floating[:, :, ::1] gy_grid,   # IN  (N, K, P*Wph) zero at q >= Q
@@ -846,11 +852,11 @@ def grad_input_scatter(const floating[:, :, ::1] gy,         # IN  (N, K, P*Q)
             if floating is float:
                 ck_kernels.fwd_f32(gys, &wpk[g, blk, 0, 0, 0], &tap0, Kg, 1, L, L, L, 1,
                                    NULL, 0, cols + blk * CK_KB * L, L, L, 1, kcount,
-                                   &zeros[0])
+                                   &zeros[0], 0)
             else:
                 ck_kernels.fwd_f64(gys, &wpk[g, blk, 0, 0, 0], &tap0, Kg, 1, L, L, L, 1,
                                    NULL, 0, cols + blk * CK_KB * L, L, L, 1, kcount,
-                                   &zeros[0])
+                                   &zeros[0], 0)
         if sw == 1 and Cg >= 2:
             # By output pixel, in registers (see ck_col2im in _direct.h). perf:
             # col2im's share of mnist-conv2's grad_input 15% -> 6.5%. With

@@ -77,32 +77,45 @@
                           int64_t Wph, int64_t Q, int64_t P, T *grid, int64_t gstride, \
                           T *out, int64_t out_kstride, int64_t out_rstride,            \
                           int64_t out_cstride, int64_t kcount,                         \
-                          const T *bias)                                               \
+                          const T *bias, int64_t c_pass)                               \
     {                                                                                  \
         typedef T V __attribute__((vector_size(VBYTES)));                              \
         enum { VL = VBYTES / sizeof(T), QW = VL * QB };                                \
-        int64_t j0, k0, c, t, kb, b, p, q, grid_len = P * Wph;                         \
+        int64_t j0, k0, c, t, kb, b, p, q, grid_len = P * Wph, c0, c1;                 \
         /* Exact positions (Wph == Q) into a contiguous output: store from        \
          * the registers, no grid. */                                             \
-        int direct = Wph == Q && out_cstride == 1 && out_rstride == Q;                 \
+        int direct = Wph == Q && out_cstride == 1 && out_rstride == Q, last = 1;     \
+        if (c_pass <= 0 || c_pass > Cg)                                                \
+            c_pass = Cg;                                                               \
+        /* Input channels in passes of c_pass, the partial sums waiting in the    \
+         * grid between passes: the same sums, in the same order, as one pass. */ \
+        for (c0 = 0; c0 < Cg; c0 += c_pass) {                                          \
+        c1 = c0 + c_pass < Cg ? c0 + c_pass : Cg;                                      \
+        last = c1 == Cg;                                                               \
         for (j0 = 0; j0 < grid_len; j0 += QW)                                          \
             /* KS of the block's KB channels at a time: a narrower register       \
              * block leaves room for more position vectors (16 registers). */     \
             for (k0 = 0; k0 < kcount; k0 += KS) {                                      \
                 V acc[KS][QB];                                                         \
-                CK_UNROLL for (kb = 0; kb < KS; kb++)                                  \
-                    CK_UNROLL for (b = 0; b < QB; b++)                                 \
-                        acc[kb][b] = (V){0};                                           \
+                if (c0 == 0)                                                           \
+                    CK_UNROLL for (kb = 0; kb < KS; kb++)                              \
+                        CK_UNROLL for (b = 0; b < QB; b++)                             \
+                            acc[kb][b] = (V){0};                                       \
+                else                                                                   \
+                    CK_UNROLL for (kb = 0; kb < KS; kb++)                              \
+                        CK_UNROLL for (b = 0; b < QB; b++)                             \
+                            memcpy(&acc[kb][b], grid + (k0 + kb) * gstride + j0 + b * VL, \
+                                   sizeof(V));                                         \
                 if (RS == 1) {                                                         \
                     /* One tap (1x1, the scatter product, a 1x1 stride phase):   \
                      * no tap loop around each channel's few instructions,      \
                      * the same sum (1.3-1.6x on AVX2, kernel alone). */         \
-                    const T *xp = x + tap_off[0] + j0;                                 \
-                    const T *wt = w + k0;                                              \
-                    for (c = 0; c < Cg; c++, xp += chan_stride, wt += KB)              \
+                    const T *xp = x + c0 * chan_stride + tap_off[0] + j0;              \
+                    const T *wt = w + c0 * KB + k0;                                    \
+                    for (c = c0; c < c1; c++, xp += chan_stride, wt += KB)             \
                         CK_FWD_TAP(xp, wt, KS, QB);                                    \
                 } else                                                                 \
-                for (c = 0; c < Cg; c++) {                                             \
+                for (c = c0; c < c1; c++) {                                            \
                     const T *xc = x + c * chan_stride + j0;                            \
                     const T *wc = w + c * RS * KB + k0;                                \
                     for (t = 0; t < RS; t++) {                                         \
@@ -111,7 +124,7 @@
                         CK_FWD_TAP(xp, wt, KS, QB);                                    \
                     }                                                                  \
                 }                                                                      \
-                if (direct)                                                            \
+                if (direct && last)                                                    \
                     CK_UNROLL for (kb = 0; kb < KS; kb++) {                            \
                         T *o = out + (k0 + kb) * out_kstride;                          \
                         if (k0 + kb >= kcount)                                         \
@@ -134,6 +147,7 @@
                                    sizeof(V));                                         \
                         }                                                              \
             }                                                                          \
+        }                                                                              \
         for (kb = 0; kb < (direct ? 0 : kcount); kb++)                                 \
             for (p = 0; p < P; p++) {                                                  \
                 const T *src = grid + kb * gstride + p * Wph;                          \
@@ -1064,10 +1078,11 @@ CK_DEFINE_FORWARD_DW(ck_fwdw_f64_avx512, double, int64_t, 64, CK_AVX512)
 
 typedef void (*ck_fwd_f32_t)(const float *, const float *, const int64_t *, int64_t, int64_t,
                              int64_t, int64_t, int64_t, int64_t, float *, int64_t, float *,
-                             int64_t, int64_t, int64_t, int64_t, const float *);
+                             int64_t, int64_t, int64_t, int64_t, const float *, int64_t);
 typedef void (*ck_fwd_f64_t)(const double *, const double *, const int64_t *, int64_t,
                              int64_t, int64_t, int64_t, int64_t, int64_t, double *, int64_t,
-                             double *, int64_t, int64_t, int64_t, int64_t, const double *);
+                             double *, int64_t, int64_t, int64_t, int64_t, const double *,
+                             int64_t);
 typedef void (*ck_fwdk_f32_t)(const float *, const float *, const int64_t *, int64_t, int64_t,
                               int64_t, int64_t, int64_t, int64_t, float *, int64_t, float *,
                               int64_t, int64_t, int64_t, int64_t, const float *, int64_t,
