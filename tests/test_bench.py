@@ -260,7 +260,9 @@ def test_measure_settles_before_timing():
     timing, _ = bench.measure(lambda: stamps.append(time.perf_counter()), budget_s=0.0,
                               min_repeats=2, settle_s=0.05)
     assert timing.repeats == 2
-    assert stamps[-3] - stamps[0] >= 0.05 and len(stamps) >= 4
+    # The last warm-up call may start just inside the window; the first timed
+    # call (stamps[-2]) starts after it.
+    assert stamps[-2] - stamps[0] >= 0.05 and len(stamps) >= 4
 
 
 def test_measure_interleaved_takes_turns():

@@ -9,6 +9,9 @@
  * are computed and thrown away (Wph - Q of every Wph).
  *
  * forward:     out[k][j]  = sum_c sum_t w[c][t][k] * plane(c, t)[j + off(t)]
+ *              (the grid kernels may sum c in passes, the partial sums kept
+ *              exactly in the grid between them: the same sums in the same
+ *              order)
  * grad_weight: gw[k][c][t] = sum_j gy[k][j] * plane(c, t)[j + off(t)]
  *
  * The forward writes whole vectors into a per-thread grid buffer of KB rows
