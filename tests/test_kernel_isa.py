@@ -31,6 +31,8 @@ cases = [
     ((2, 2, 9, 21), (4, 1, 3, 4), dict(groups=2, stride=(2, 1), padding=(4, 0))),  # row by row
     ((2, 3, 6, 37), (8, 3, 3, 5), dict(dilation=(1, 2), padding=(1, 3))),  # col2im, wide rows
     ((1, 2, 14, 40), (6, 1, 3, 7), dict(groups=2, padding=(1, 5), dilation=(2, 3))),  # in place
+    ((1, 6, 20, 23), (8, 6, 3, 3), dict(padding=1)),                     # widest grid block
+    ((2, 20, 9, 11), (12, 20, 3, 3), dict(stride=2, padding=1)),         # ... in channel passes
 ]
 worst = 0.0
 rng = np.random.default_rng(0)

@@ -196,7 +196,6 @@ cdef extern from "_direct.h" nogil:
     enum:
         CK_KB
         CK_GW_KB
-        CK_SHORT
         CK_SLACK
         CK_DW_SMAX
     ctypedef void (*ck_fwd_f32_t)(const float *, const float *, const int64_t *, int64_t,
@@ -288,6 +287,7 @@ cdef extern from "_direct.h" nogil:
         ck_fwdw_f64_t fwdw_f64
     ck_kernels_t ck_kernels
     void ck_select_kernels(const char *cap)
+    bint ck_fwd_short(int64_t terms, int64_t taps, int64_t grid_len, int64_t itemsize)
     void ck_add_rows_f32(float *out, const float *src, int64_t n)
     void ck_add_rows_f64(double *out, const double *src, int64_t n)
 
@@ -452,7 +452,7 @@ cdef inline void _forward_block(const floating *x, const floating *w, const int6
                 kcount, bias, S, dh, row_lo, rows)
         else:
             (kern.fwd1_f32 if kb != CK_KB else
-             kern.fwds_f32 if Cg * RS < CK_SHORT else kern.fwd_f32)(
+             kern.fwds_f32 if ck_fwd_short(Cg * RS, RS, P * Wph, sizeof(float)) else kern.fwd_f32)(
                 x, w, tap_off, Cg, RS, chan_stride, Wph, Q, P, grid, gstride, y, ks, rs, cs,
                 kcount, bias, c_pass)
     else:
@@ -462,7 +462,7 @@ cdef inline void _forward_block(const floating *x, const floating *w, const int6
                 kcount, bias, S, dh, row_lo, rows)
         else:
             (kern.fwd1_f64 if kb != CK_KB else
-             kern.fwds_f64 if Cg * RS < CK_SHORT else kern.fwd_f64)(
+             kern.fwds_f64 if ck_fwd_short(Cg * RS, RS, P * Wph, sizeof(double)) else kern.fwd_f64)(
                 x, w, tap_off, Cg, RS, chan_stride, Wph, Q, P, grid, gstride, y, ks, rs, cs,
                 kcount, bias, c_pass)
 
@@ -828,6 +828,7 @@ def grad_input_scatter(const floating[:, :, ::1] gy,         # IN  (N, K, P*Q)
     cdef int64_t Cg = C // G, RS = R * S, L = P * Q, rows = Cg * RS
     cdef int64_t task, n, g, blk, kcount, c, r, s, p, q, ih, q_lo, q_hi, offset
     cdef int64_t tap0 = 0
+    cdef bint short = ck_fwd_short(Kg, 1, L, sizeof(floating))
     cdef floating *gys
     cdef floating *cols
     cdef floating *plane
@@ -850,11 +851,13 @@ def grad_input_scatter(const floating[:, :, ::1] gy,         # IN  (N, K, P*Q)
             if kcount > CK_KB:
                 kcount = CK_KB
             if floating is float:
-                ck_kernels.fwd_f32(gys, &wpk[g, blk, 0, 0, 0], &tap0, Kg, 1, L, L, L, 1,
+                (ck_kernels.fwds_f32 if short else ck_kernels.fwd_f32)(
+                                   gys, &wpk[g, blk, 0, 0, 0], &tap0, Kg, 1, L, L, L, 1,
                                    NULL, 0, cols + blk * CK_KB * L, L, L, 1, kcount,
                                    &zeros[0], 0)
             else:
-                ck_kernels.fwd_f64(gys, &wpk[g, blk, 0, 0, 0], &tap0, Kg, 1, L, L, L, 1,
+                (ck_kernels.fwds_f64 if short else ck_kernels.fwd_f64)(
+                                   gys, &wpk[g, blk, 0, 0, 0], &tap0, Kg, 1, L, L, L, 1,
                                    NULL, 0, cols + blk * CK_KB * L, L, L, 1, kcount,
                                    &zeros[0], 0)
         if sw == 1 and Cg >= 2:
