@@ -109,6 +109,22 @@ def test_threads_for_runs_tiny_work_serially():
     assert _threads.threads_for(10 ** 9, n_threads=1) == 1
 
 
+def test_direct_backward_leaves_blas_alone(monkeypatch):
+    """Only GEMMs hold BLAS's threads: a direct backward never calls threadpoolctl."""
+    def refuse(n):
+        raise AssertionError("blas_threads called without a GEMM")
+
+    monkeypatch.setattr(_threads, "blas_threads", refuse)
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal((2, 3, 9, 9)), rng.standard_normal((4, 3, 3, 3))
+    grad_output = rng.standard_normal((2, 4, 7, 7))
+    got = convkit.conv2d_backward(grad_output, x, w, method="direct")
+    monkeypatch.undo()
+    want = convkit.conv2d_backward(grad_output, x, w, method="im2col")
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
+
+
 def test_small_convolutions_run_serially():
     """conv2d's kernels take a second thread only from CONV_MIN_WORK_PER_THREAD each."""
     from convkit import functional
