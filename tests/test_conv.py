@@ -271,6 +271,58 @@ def test_channel_passes_keep_the_sums(case, dtype, monkeypatch):
         np.testing.assert_array_equal(grad_x, one_grad_x, err_msg=f"{case}, {pass_bytes}")
 
 
+# Channel-vector geometries (its narrow and wide blocks, a K tail, strides):
+# the forward and the grad_input, which runs it on the flipped weights.
+CHANNEL_VECTOR_PASS_CASES = {
+    "mnist-conv2 like": ((3, 32, 12, 12), (64, 32, 5, 5), {}),
+    "c256 like": ((2, 48, 14, 14), (40, 48, 3, 3), dict(padding=1)),
+    "wide block, K tail": ((2, 8, 9, 8), (70, 8, 5, 4), dict(padding=(2, 1))),
+    "stride 2, groups": ((3, 12, 11, 9), (66, 6, 5, 5), dict(groups=2, stride=2, padding=1)),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CHANNEL_VECTOR_PASS_CASES)
+def test_channel_vector_passes_keep_the_sums(case, dtype):
+    """The channel-vector kernel's passes over chunks of input channels give one pass's bits.
+
+    The chunk is set per CPU at import (one pass for the AVX-512 kernels on
+    AMD, 32 KB of weights elsewhere); every setting must give the same bits.
+    """
+    from convkit._lib import _conv
+
+    x_shape, w_shape, kwargs = CHANNEL_VECTOR_PASS_CASES[case]
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal(x_shape).astype(dtype)
+    weight = rng.standard_normal(w_shape).astype(dtype)
+    bias = rng.standard_normal(w_shape[0]).astype(dtype)
+    grad_y = rng.standard_normal(reference.conv2d(x, weight, **kwargs).shape).astype(dtype)
+
+    def run(chunk_bytes):
+        _conv._set_kvec_chunk_bytes(chunk_bytes)
+        with convkit.num_threads(2):
+            forward = convkit.conv2d(x, weight, bias, method="direct", **kwargs)
+            grad_x = convkit.conv2d_backward(grad_y, x, weight, method="direct",
+                                             output_mask=(True, False, False), **kwargs)[0]
+        return forward, grad_x
+
+    chosen = _conv.kvec_chunk_bytes()
+    try:
+        one_forward, one_grad_x = run(1 << 62)
+        assert_close(one_forward, reference.conv2d(x, weight, bias, **kwargs), err_msg=case)
+        assert_close(one_grad_x, reference.conv2d_backward(grad_y, x, weight, **kwargs)[0],
+                     kind="grad", err_msg=case)
+        # One input channel a pass, 3 (of a 64-channel block, more of a
+        # narrower one), and the default 32 KB of weights.
+        taps = w_shape[2] * w_shape[3]
+        for chunk_bytes in (1, 3 * 64 * taps * x.itemsize, 32768):
+            forward, grad_x = run(chunk_bytes)
+            np.testing.assert_array_equal(forward, one_forward, err_msg=f"{case}, {chunk_bytes}")
+            np.testing.assert_array_equal(grad_x, one_grad_x, err_msg=f"{case}, {chunk_bytes}")
+    finally:
+        _conv._set_kvec_chunk_bytes(chosen)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("case", CASE_IDS)

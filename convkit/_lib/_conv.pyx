@@ -193,6 +193,7 @@ def col2im(const floating[::1] cols,  # IN     layout as in im2col
 # ---- register-blocked direct kernels (see _direct.h) ----------------------
 
 cdef extern from "_direct.h" nogil:
+    int64_t ck_kvec_chunk_bytes
     enum:
         CK_KB
         CK_GW_KB
@@ -326,6 +327,21 @@ def grad_weight_channel_block(itemsize):
 def grad_weight_column_block():
     """Weight columns (c, r, s) per register block of the channel-vector grad_weight kernel."""
     return ck_kernels.gwk_cols
+
+
+def kvec_chunk_bytes():
+    """Bytes of a block's weights per input-channel pass of the channel-vector
+    forward (set with the kernels at import; see ck_kvec_chunk in _direct.h)."""
+    return ck_kvec_chunk_bytes
+
+
+def _set_kvec_chunk_bytes(int64_t nbytes):
+    """Set kvec_chunk_bytes (for tests: any value gives the same bits).
+
+    Not thread-safe: only while no convolution runs.
+    """
+    global ck_kvec_chunk_bytes
+    ck_kvec_chunk_bytes = max(1, nbytes)
 
 
 def vector_lanes(itemsize):

@@ -182,17 +182,26 @@
 
 /* Input channels per pass of the channel-vector forward: as many as keep
  * the block's weights for them (per_channel bytes each) within
- * CK_KVEC_CHUNK_BYTES, so that they stay near L1 while every position block
+ * ck_kvec_chunk_bytes, so that they stay near L1 while every position block
  * of the pass reads them, where one pass over all C/G channels streams the
  * whole block's weights from L2 for every block of positions
  * (resnet-3x3-c256: 147 KB). The partial sums wait in the grid buffer
- * ((P*Q + 16) * VL*KV elements) between passes. Measured on an AVX2 EPYC:
+ * ((P*Q + 16) * VL*KV elements) between passes, stored exactly: any chunk
+ * gives one pass's bits. CK_KVEC_CHUNK_BYTES, measured on an AVX2 EPYC:
  * 16 and 32 KB both gain 6-10% on c256's forward and grad_input; 32 KB
- * costs mnist-conv2 (51 KB of weights, two passes) about 1%, 16 KB 4%. */
+ * costs mnist-conv2 (51 KB of weights, two passes) about 1%, 16 KB 4%; on
+ * an AVX-512 Xeon (Sapphire Rapids class) 32 KB beats 16 KB by 5-8% and
+ * 64 KB by 6-11%. The AVX-512 kernels on an AMD CPU take one pass
+ * (CK_KVEC_ONE_PASS, set in ck_select_kernels): on a Zen 4 EPYC, alternated
+ * call by call with 32 KB, one pass ran mnist-conv2's forward 1.10x as fast
+ * (float64 too), c256's forward and grad_input 1.04-1.05x, where 16 KB ran
+ * them 0.94-0.96x and 64 KB 1.03-1.06x. */
 #define CK_KVEC_CHUNK_BYTES 32768
+#define CK_KVEC_ONE_PASS INT64_MAX
+static int64_t ck_kvec_chunk_bytes = CK_KVEC_CHUNK_BYTES;
 static inline int64_t ck_kvec_chunk(int64_t per_channel, int64_t Cg)
 {
-    int64_t cb = CK_KVEC_CHUNK_BYTES / per_channel;
+    int64_t cb = ck_kvec_chunk_bytes / per_channel;
     return cb < 1 ? 1 : cb > Cg ? Cg : cb;
 }
 
@@ -1191,6 +1200,7 @@ static void ck_select_kernels(const char *cap)
     int allow512 = !(cap && (strcmp(cap, "avx2") == 0 || strcmp(cap, "baseline") == 0));
     int allow2 = !(cap && strcmp(cap, "baseline") == 0);
     __builtin_cpu_init();
+    ck_kvec_chunk_bytes = CK_KVEC_CHUNK_BYTES;
     if (allow512 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") &&
         __builtin_cpu_supports("fma")) {
         ck_kernels_t k = {"avx512f", ck_fwd_f32_avx512, ck_fwd1_f32_avx512,
@@ -1205,6 +1215,8 @@ static void ck_select_kernels(const char *cap)
                           ck_fwdw_f32_avx512, ck_fwdw_f64_avx512, CK_SHORT_AVX512,
                           1, 192, 128};
         ck_kernels = k;
+        if (__builtin_cpu_is("amd"))
+            ck_kvec_chunk_bytes = CK_KVEC_ONE_PASS;
     } else if (allow2 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
         ck_kernels_t k = {"avx2", ck_fwd_f32_avx2, ck_fwd1_f32_avx2, ck_fwdk_f32_avx2,
                           ck_fwd_f64_avx2, ck_fwd1_f64_avx2, ck_fwdk_f64_avx2, 16, 8,
