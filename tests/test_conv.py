@@ -287,7 +287,7 @@ def test_channel_vector_passes_keep_the_sums(case, dtype):
     """The channel-vector kernel's passes over chunks of input channels give one pass's bits.
 
     The chunk is set per CPU at import (one pass for the AVX-512 kernels on
-    AMD, 32 KB of weights elsewhere); every setting must give the same bits.
+    Zen 4, 32 KB of weights elsewhere); every setting must give the same bits.
     """
     from convkit._lib import _conv
 
