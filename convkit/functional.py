@@ -59,8 +59,8 @@ _SCATTER_STRIDED_BYTES = 2 * _MiB
 # packs into its thread's scratch.
 _SHIFTED_SCRATCH = 256 * 1024
 # Bytes of one packed grid position across a pass's channels and phase planes
-# (see _grid_channel_pass).
-_GRID_PASS_BYTES = 256
+# (see _grid_channel_pass): 256, or one pass on Zen 4 (_direct.h).
+_GRID_PASS_BYTES = _conv.grid_pass_bytes()
 # Bytes of per-image grad_weight products the im2col path holds at once.
 _PRODUCTS_BYTES = 32 * _MiB
 _workspace_limit = 256 * _MiB
@@ -417,7 +417,9 @@ def _grid_channel_pass(g, itemsize):
     2 threads, 3x3 stride 2 padding 1, float32): 8x128x28x28 -> 256 1.80x,
     resnet-3x3-s2 1.04x-1.09x, 8x32x112x112 -> 64 and 8x256x14x14 -> 512
     within 2%; float64 with 8 channels 0.98x-1.11x; at stride 1, 32 or 64
-    channels of 8x256x28x28 -> 256 1.02x-1.04x.
+    channels of 8x256x28x28 -> 256 1.02x-1.04x. On a Zen 4 EPYC the passes
+    lost 3.5-5% at stride 2 (resnet-3x3-s2, 8x128x28x28 -> 256) and gained
+    nothing at stride 1: there the kernels take one pass.
     """
     return max(1, _GRID_PASS_BYTES // (g.stride[0] * g.stride[1] * itemsize))
 

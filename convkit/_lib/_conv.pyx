@@ -194,6 +194,7 @@ def col2im(const floating[::1] cols,  # IN     layout as in im2col
 
 cdef extern from "_direct.h" nogil:
     int64_t ck_kvec_chunk_bytes
+    int64_t ck_grid_pass_bytes
     enum:
         CK_KB
         CK_GW_KB
@@ -333,6 +334,13 @@ def kvec_chunk_bytes():
     """Bytes of a block's weights per input-channel pass of the channel-vector
     forward (set with the kernels at import; see ck_kvec_chunk in _direct.h)."""
     return ck_kvec_chunk_bytes
+
+
+def grid_pass_bytes():
+    """Bytes of a packed grid position per input-channel pass of the grid
+    forward, for this CPU (set with the kernels at import; used by
+    functional._grid_channel_pass)."""
+    return ck_grid_pass_bytes
 
 
 def _set_kvec_chunk_bytes(int64_t nbytes):

@@ -200,6 +200,15 @@
 #define CK_KVEC_CHUNK_BYTES 32768
 #define CK_KVEC_ONE_PASS INT64_MAX
 static int64_t ck_kvec_chunk_bytes = CK_KVEC_CHUNK_BYTES;
+/* Bytes of one packed grid position across a pass's channels and phase
+ * planes in the grid forward (its c_pass comes from this in
+ * functional._grid_channel_pass, which documents the measurements); one
+ * pass on Zen 4, where passes of 256 bytes ran the forward of
+ * resnet-3x3-s2 and of 8x128x28x28 -> 256 at stride 2 3.5-5% slower
+ * (alternated call by call, 2 threads) and 8x256x28x28 -> 256 at stride 1
+ * within 1%. */
+#define CK_GRID_PASS_BYTES 256
+static int64_t ck_grid_pass_bytes = CK_GRID_PASS_BYTES;
 static inline int64_t ck_kvec_chunk(int64_t per_channel, int64_t Cg)
 {
     int64_t cb = ck_kvec_chunk_bytes / per_channel;
@@ -1202,6 +1211,7 @@ static void ck_select_kernels(const char *cap)
     int allow2 = !(cap && strcmp(cap, "baseline") == 0);
     __builtin_cpu_init();
     ck_kvec_chunk_bytes = CK_KVEC_CHUNK_BYTES;
+    ck_grid_pass_bytes = CK_GRID_PASS_BYTES;
     if (allow512 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") &&
         __builtin_cpu_supports("fma")) {
         ck_kernels_t k = {"avx512f", ck_fwd_f32_avx512, ck_fwd1_f32_avx512,
@@ -1216,9 +1226,12 @@ static void ck_select_kernels(const char *cap)
                           ck_fwdw_f32_avx512, ck_fwdw_f64_avx512, CK_SHORT_AVX512,
                           1, 192, 128};
         ck_kernels = k;
-        /* AMD family 19h with AVX-512 is Zen 4 (Zen 3 has none, Zen 5 is 1Ah). */
-        if (__builtin_cpu_is("amdfam19h"))
+        /* AMD family 19h with AVX-512 is Zen 4 (Zen 3 has none, Zen 5 is 1Ah):
+         * its kernels run fastest summing every input channel in one pass. */
+        if (__builtin_cpu_is("amdfam19h")) {
             ck_kvec_chunk_bytes = CK_KVEC_ONE_PASS;
+            ck_grid_pass_bytes = INT64_MAX;
+        }
     } else if (allow2 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
         ck_kernels_t k = {"avx2", ck_fwd_f32_avx2, ck_fwd1_f32_avx2, ck_fwdk_f32_avx2,
                           ck_fwd_f64_avx2, ck_fwd1_f64_avx2, ck_fwdk_f64_avx2, 16, 8,
