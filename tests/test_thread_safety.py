@@ -109,13 +109,13 @@ def _progress_during_kernels(call, monkeypatch, seconds=0.3):
             if not name.startswith("_") and callable(function) and not isinstance(function, type):
                 monkeypatch.setattr(module, name, wrap(function))
 
-    counter_thread = threading.Thread(target=count)
-    counter_thread.start()
     def pace():
         start, begin = counts[0], time.perf_counter()
         time.sleep(0.05)
         return (counts[0] - start) / (time.perf_counter() - begin)
 
+    counter_thread = threading.Thread(target=count)
+    counter_thread.start()
     try:
         rate_before = pace()
         end = time.perf_counter() + seconds

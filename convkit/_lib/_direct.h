@@ -192,13 +192,14 @@
  * costs mnist-conv2 (51 KB of weights, two passes) about 1%, 16 KB 4%; on
  * an AVX-512 Xeon (Sapphire Rapids class) 32 KB beats 16 KB by 5-8% and
  * 64 KB by 6-11%. The AVX-512 kernels on Zen 4 take one pass
- * (CK_KVEC_ONE_PASS, set in ck_select_kernels): on a Zen 4 EPYC, alternated
+ * (CK_ONE_PASS, set in ck_select_kernels): on a Zen 4 EPYC, alternated
  * call by call with 32 KB, one pass ran mnist-conv2's forward 1.10x as fast
  * (float64 too), c256's forward and grad_input 1.04-1.07x, where 16 KB ran
  * them 0.94-0.96x and 64 KB 1.03-1.06x. Zen 5 (48 KB of L1, like the Xeon)
  * keeps 32 KB until measured. */
 #define CK_KVEC_CHUNK_BYTES 32768
-#define CK_KVEC_ONE_PASS INT64_MAX
+/* Either setting below: every input channel in one pass. */
+#define CK_ONE_PASS INT64_MAX
 static int64_t ck_kvec_chunk_bytes = CK_KVEC_CHUNK_BYTES;
 /* Bytes of one packed grid position across a pass's channels and phase
  * planes in the grid forward (its c_pass comes from this in
@@ -1229,8 +1230,8 @@ static void ck_select_kernels(const char *cap)
         /* AMD family 19h with AVX-512 is Zen 4 (Zen 3 has none, Zen 5 is 1Ah):
          * its kernels run fastest summing every input channel in one pass. */
         if (__builtin_cpu_is("amdfam19h")) {
-            ck_kvec_chunk_bytes = CK_KVEC_ONE_PASS;
-            ck_grid_pass_bytes = INT64_MAX;
+            ck_kvec_chunk_bytes = CK_ONE_PASS;
+            ck_grid_pass_bytes = CK_ONE_PASS;
         }
     } else if (allow2 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
         ck_kernels_t k = {"avx2", ck_fwd_f32_avx2, ck_fwd1_f32_avx2, ck_fwdk_f32_avx2,
