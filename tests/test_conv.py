@@ -384,11 +384,15 @@ def test_depthwise_grad_weight(case, dtype):
 # id -> (x shape, weight shape, conv kwargs): convolutions of one input channel
 # per group that the in-place depthwise forward kernel runs (see
 # functional._use_depthwise_forward), between them every kind of its blocks:
-# 6 full rows by 2 vectors, single rows by 4, 2 and 1 vectors, interior and
+# 6 full rows by 2 and 1 vectors (for 3x3 kernels at row stride 1 too,
+# input row by input row), single rows by 4, 2 and 1 vectors, interior and
 # edge vectors, rows just one vector wide, the lane-by-lane sums at the ends
 # of x.
 DEPTHWISE_FORWARD = {
     "mobilenet_28": ((2, 4, 28, 28), (4, 1, 3, 3), dict(padding=1)),
+    "wide_rows_3x3": ((1, 3, 20, 70), (3, 1, 3, 3), dict(padding=1)),
+    "wide_rows_3x3_dilated_columns": ((2, 2, 15, 75), (4, 1, 3, 3),
+                                      dict(padding=(1, 2), dilation=(1, 2))),
     "one_vector_rows": ((3, 2, 9, 16), (2, 1, 3, 3), dict(padding="same")),
     "wide_rows_5x5": ((1, 3, 20, 70), (3, 1, 5, 5), dict(padding=2)),
     "multiplier3_dilated": ((2, 2, 14, 40), (6, 1, 3, 7), dict(padding=(1, 5),

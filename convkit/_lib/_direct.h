@@ -802,7 +802,9 @@ CK_DEFINE_ADD_ROWS(ck_add_rows_f64, double)
  * rows whose input row h lies outside [0, H) are skipped; for the others,
  * every kernel column runs in order. Output rows that every kernel row
  * reaches go 6 at a time by 2 vectors of VL columns, the others one at a
- * time by up to 4 vectors, so that up to 12 sums are in flight. The
+ * time by up to 4 vectors, so that up to 12 sums are in flight; for 3x3
+ * kernels at row stride and dilation 1 the 6 rows read their 8 input rows
+ * once each (CK_DW_ROWS) instead of once per kernel row. The
  * vectors whose reads all fall inside the row go together and load as
  * they are; the others (the first and last few of a row) go together too,
  * load whole vectors across the neighbouring row and clear bitwise the
@@ -829,6 +831,8 @@ CK_DEFINE_ADD_ROWS(ck_add_rows_f64, double)
         enum { VL = VBYTES / sizeof(T) };                                              \
         int64_t p, l, vi0, vi1, full_lo, full_hi;                                      \
         int64_t nvec = Q >= VL ? (Q + VL - 1) / VL : 1;                                \
+        /* 3x3 kernels at row stride and dilation 1: CK_DW_ROWS. */               \
+        int rows3 = R == 3 && S == 3 && sh == 1 && dh == 1;                            \
         /* Vectors starting at column q in [in_lo, in_hi] read inside the row. */     \
         int64_t in_lo = pl, in_hi = W - VL + pl - (S - 1) * dw;                        \
         VI iota;                                                                       \
@@ -897,7 +901,9 @@ CK_DEFINE_ADD_ROWS(ck_add_rows_f64, double)
         while (at < n) {                                                               \
             int64_t nv = n - at >= 4 ? 4 : n - at >= 2 ? 2 : 1;                        \
             const int64_t *qb = qs + at;                                               \
-            if (nr == 6 && nv == 2) CK_DW_BLOCK_KIND(6, 2);                            \
+            if (nr == 6 && nv == 2 && rows3) CK_DW_KIND_BY(6, 2, CK_DW_ROWS3);         \
+            else if (nr == 6 && rows3) CK_DW_KIND_BY(6, 1, CK_DW_ROWS3);               \
+            else if (nr == 6 && nv == 2) CK_DW_BLOCK_KIND(6, 2);                       \
             else if (nr == 6) CK_DW_BLOCK_KIND(6, 1);                                  \
             else if (nv == 4) CK_DW_BLOCK_KIND(1, 4);                                  \
             else if (nv == 2) CK_DW_BLOCK_KIND(1, 2);                                  \
@@ -908,11 +914,13 @@ CK_DEFINE_ADD_ROWS(ck_add_rows_f64, double)
     } while (0)
 
 /* A block by its kind: interior (plain loads) or near an edge (masked
- * loads); one whose vectors would also cross an end of x goes term by term. */
-#define CK_DW_BLOCK_KIND(NR, NV)                                                       \
+ * loads); one whose vectors would also cross an end of x goes term by term.
+ * BLOCK is CK_DW_BLOCK or CK_DW_ROWS3. */
+#define CK_DW_BLOCK_KIND(NR, NV) CK_DW_KIND_BY(NR, NV, CK_DW_BLOCK)
+#define CK_DW_KIND_BY(NR, NV, BLOCK)                                                   \
     do {                                                                               \
         if (inside) {                                                                  \
-            CK_DW_BLOCK(NR, NV, 0);                                                    \
+            BLOCK(NR, NV, 0);                                                          \
         } else {                                                                       \
             int64_t j_, lo_ = x_len, hi_ = 0;                                          \
             for (j_ = 0; j_ < (NV); j_++) {                                            \
@@ -923,10 +931,42 @@ CK_DEFINE_ADD_ROWS(ck_add_rows_f64, double)
                 hi_ = b_ > hi_ ? b_ : hi_;                                             \
             }                                                                          \
             if (r_lo >= r_hi || (lo_ >= 0 && hi_ <= x_len))                            \
-                CK_DW_BLOCK(NR, NV, 1);                                                \
+                BLOCK(NR, NV, 1);                                                      \
             else                                                                       \
                 CK_DW_SCALAR((NR), (NV));                                              \
         }                                                                              \
+    } while (0)
+
+/* CK_DW_BLOCK for row stride and dilation 1 and all R == RR kernel rows,
+ * input row by input row: the S vectors of input row base + t load once
+ * each and feed every output row i = t - r of the block, where CK_DW_BLOCK
+ * loads them once per (output row, kernel row): NR + RR - 1 loads for
+ * NR * RR products per column. Each output still adds its terms kernel
+ * row by kernel row, column by column within a row, as CK_DW_BLOCK does:
+ * the same sums in the same order. */
+#define CK_DW_ROWS(NR, NV, MODE, RR, SS)                                               \
+    do {                                                                               \
+        V acc_[NR][NV];                                                                \
+        VI mk_[(MODE) ? (NV) * CK_DW_SMAX : 1];                                        \
+        int64_t t_, s_, i_, j_, r_, l_;                                                \
+        CK_UNROLL for (i_ = 0; i_ < (NR); i_++)                                        \
+            CK_UNROLL for (j_ = 0; j_ < (NV); j_++)                                    \
+                acc_[i_][j_] = (V){0};                                                 \
+        CK_DW_MASKS(NV, MODE);                                                         \
+        CK_UNROLL for (t_ = 0; t_ < (NR) + (RR) - 1; t_++) {                           \
+            const E *xr_ = x + x_off + (base + t_) * W - pl;                           \
+            CK_UNROLL for (s_ = 0; s_ < (SS); s_++, xr_ += dw)                         \
+                CK_UNROLL for (j_ = 0; j_ < (NV); j_++) {                              \
+                    V xv_;                                                             \
+                    memcpy(&xv_, xr_ + qb[j_], sizeof(V));                             \
+                    if (MODE)                                                          \
+                        xv_ = (V)((VI)xv_ & mk_[s_ * (NV) + j_]);                      \
+                    CK_UNROLL for (r_ = 0; r_ < (RR); r_++)                            \
+                        if (t_ - r_ >= 0 && t_ - r_ < (NR))                            \
+                            acc_[t_ - r_][j_] += xv_ * w[r_ * (SS) + s_];              \
+                }                                                                      \
+        }                                                                              \
+        CK_DW_STORE(NR, NV);                                                           \
     } while (0)
 
 /* CK_DW_BLOCK's sums one output at a time, skipping the columns outside the
@@ -960,12 +1000,7 @@ CK_DEFINE_ADD_ROWS(ck_add_rows_f64, double)
         CK_UNROLL for (i_ = 0; i_ < (NR); i_++)                                        \
             CK_UNROLL for (j_ = 0; j_ < (NV); j_++)                                    \
                 acc_[i_][j_] = (V){0};                                                 \
-        if (MODE)                                                                      \
-            for (s_ = 0; s_ < S; s_++)                                                 \
-                CK_UNROLL for (j_ = 0; j_ < (NV); j_++) {                              \
-                    EI c_ = (EI)(qb[j_] - pl + s_ * dw);                               \
-                    mk_[s_ * (NV) + j_] = (iota + c_ >= 0) & (iota + c_ < (EI)W);      \
-                }                                                                      \
+        CK_DW_MASKS(NV, MODE);                                                         \
         for (r_ = r_lo; r_ < r_hi; r_++) {                                             \
             int64_t xi_ = x_off + (base + r_ * dh) * W - pl;                           \
             for (s_ = 0; s_ < S; s_++, xi_ += dw) {                                    \
@@ -981,6 +1016,24 @@ CK_DEFINE_ADD_ROWS(ck_add_rows_f64, double)
                     }                                                                  \
             }                                                                          \
         }                                                                              \
+        CK_DW_STORE(NR, NV);                                                           \
+    } while (0)
+
+/* With MODE 1, mk_[s*NV + j] clears the lanes of tap column s of vector j
+ * whose input column lies outside [0, W). */
+#define CK_DW_MASKS(NV, MODE)                                                          \
+        if (MODE)                                                                      \
+            for (s_ = 0; s_ < S; s_++)                                                 \
+                CK_UNROLL for (j_ = 0; j_ < (NV); j_++) {                              \
+                    EI c_ = (EI)(qb[j_] - pl + s_ * dw);                               \
+                    mk_[s_ * (NV) + j_] = (iota + c_ >= 0) & (iota + c_ < (EI)W);      \
+                }
+
+/* CK_DW_ROWS for 3x3 kernels. */
+#define CK_DW_ROWS3(NR, NV, MODE) CK_DW_ROWS(NR, NV, MODE, 3, 3)
+
+/* Stores CK_DW_BLOCK's or CK_DW_ROWS's sums plus the bias. */
+#define CK_DW_STORE(NR, NV)                                                            \
         CK_UNROLL for (i_ = 0; i_ < (NR); i_++)                                        \
             CK_UNROLL for (j_ = 0; j_ < (NV); j_++) {                                  \
                 E *yr_ = y + (p + i_) * y_rstride + qb[j_];                            \
@@ -990,8 +1043,7 @@ CK_DEFINE_ADD_ROWS(ck_add_rows_f64, double)
                 else                                                                   \
                     for (l_ = 0; qb[j_] + l_ < Q; l_++)                                \
                         yr_[l_] = o_[l_];                                              \
-            }                                                                          \
-    } while (0)
+            }
 
 /* ---- finiteness scan --------------------------------------------------- */
 
