@@ -147,8 +147,8 @@ BLAS_MIN_WORK_PER_THREAD = 1 << 22
 # median per-pair ratios: 0.23-0.45 M multiply-adds backward 0.95x, 1.8 M
 # forward 0.95x and backward 1.03x, 7.2 M forward 1.34x and backward 1.19x).
 CONV_MIN_WORK_PER_THREAD = 1 << 20
-# Elements per thread below which a memory-bound scan (the finiteness check
-# of conv2d_backward) runs serially.
+# Elements per thread below which a memory-bound pass (the finiteness check
+# of conv2d_backward, the packing of the weights) runs serially.
 SCAN_MIN_WORK_PER_THREAD = 1 << 17
 
 

@@ -353,25 +353,21 @@ def _pack_input(x, g, layout, n_threads):
     return packed
 
 
-def _pack_weight(weight, g, kb):
+def _pack_weight(weight, g, kb, n_threads):
     """(G, blocks, C/G, R*S, kb) weights: kb output channels side by side.
 
     ``weight`` is (K, C/G, R, S) or a (G, K/G, C/G, R, S) view of any strides
-    (grad_input passes its flipped, tap-sliced weights that way); the packing
-    is a single strided copy. Lanes past K/G in the last block are zero.
+    (grad_input passes its flipped, tap-sliced weights that way). Lanes past
+    K/G in the last block are zero. A kernel packs them, a tile per (group,
+    block, input channel): NumPy's strided copy took 0.50 ms for 256x256x3x3
+    weights in blocks of 64 on a 2-core Zen 4 EPYC, 5% of that forward.
     """
     G, Kg, Cg, R, S = g.groups, g.K_per_group, g.C_per_group, g.R, g.S
     w = weight if weight.ndim == 5 else weight.reshape(G, Kg, Cg, R, S)
-    blocks, full = -(-Kg // kb), Kg // kb
-    packed = _scratch("weights", (G, blocks, Cg, R, S, kb), weight.dtype)
-    if full:
-        np.copyto(packed[:, :full],
-                  w[:, : full * kb].reshape(G, full, kb, Cg, R, S).transpose(0, 1, 3, 4, 5, 2))
-    if blocks > full:
-        tail = Kg - full * kb
-        packed[:, full, ..., :tail] = w[:, full * kb:].transpose(0, 2, 3, 4, 1)
-        packed[:, full, ..., tail:] = 0
-    return packed.reshape(G, blocks, Cg, R * S, kb)
+    packed = _scratch("weights", (G, -(-Kg // kb), Cg, R * S, kb), weight.dtype)
+    _conv.pack_weights(w, packed, _threads.threads_for(packed.size, n_threads,
+                                                       _threads.SCAN_MIN_WORK_PER_THREAD))
+    return packed
 
 
 def _channel_vector(g, itemsize, Wph):
@@ -462,7 +458,7 @@ def _forward_direct(x, weight, bias, g, y, n_threads):
         local, plane_len = False, g.H * g.W
     if shifted:
         Hph, Wph, plane_len, tap_off = _shifted_layout(g)
-    weight = _pack_weight(weight, g, kb)
+    weight = _pack_weight(weight, g, kb, n_threads)
     c_pass = _grid_channel_pass(g, x.itemsize)
     gstride = g.P * Wph + _conv.PLANE_SLACK
     # The channel-vector kernel keeps partial sums there ([position][channel],
@@ -547,7 +543,7 @@ def _grad_input_scatter(grad_output, weight, g, n_threads):
     pointwise = ConvGeometry(g.N, g.K, 1, L, G * Cg * RS, 1, 1, 1, L, G, (1, 1), (1, 1),
                              ((0, 0), (0, 0)))
     rows = weight.reshape(G, Kg, Cg * RS).transpose(0, 2, 1)[:, :, :, None, None]
-    wpk = _pack_weight(rows, pointwise, _conv.CHANNEL_BLOCK)
+    wpk = _pack_weight(rows, pointwise, _conv.CHANNEL_BLOCK, n_threads)
     blocks = wpk.shape[1]
     scratch = _scratch("threads", (n_threads, Kg * L + 2 * _conv.PLANE_SLACK
                                    + blocks * _conv.CHANNEL_BLOCK * L), weight.dtype)

@@ -717,3 +717,29 @@ def test_grad_input_forms_are_both_exercised():
                           kwargs.get("dilation", 1), kwargs.get("groups", 1))
         forms.add(_use_scatter_grad_input(g, 8))
     assert forms == {True, False}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape, kb", [((1, 256, 40, 3, 3), 64), ((2, 7, 5, 2, 3), 4),
+                                       ((3, 70, 3, 1, 1), 32), ((1, 5, 600, 1, 1), 8)],
+                         ids=["wide_blocks", "tail_lanes", "groups_tail", "long_runs"])
+@pytest.mark.parametrize("view", ["contiguous", "flipped_swapped"])
+def test_pack_weights(shape, kb, view, dtype):
+    """The weight packing kernel: a tile per block of kb output channels, zeros past K/G."""
+    from convkit._lib import _conv
+
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal(shape).astype(dtype)
+    if view == "flipped_swapped":
+        # grad_input's kind of view: K/G and C/G swapped, taps flipped.
+        w = rng.standard_normal(shape[:1] + shape[2:3] + shape[1:2] + shape[3:]).astype(dtype)
+        w = w.transpose(0, 2, 1, 3, 4)[..., ::-1, ::-1]
+    G, Kg, Cg, R, S = w.shape
+    blocks = -(-Kg // kb)
+    expected = np.zeros((G, blocks * kb, Cg, R * S), dtype)
+    expected[:, :Kg] = w.reshape(G, Kg, Cg, R * S)
+    expected = expected.reshape(G, blocks, kb, Cg, R * S).transpose(0, 1, 3, 4, 2)
+    for n_threads in (1, 2):
+        out = np.full((G, blocks, Cg, R * S, kb), np.nan, dtype)
+        _conv.pack_weights(w, out, n_threads)
+        np.testing.assert_array_equal(out, expected)
