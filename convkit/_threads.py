@@ -157,6 +157,75 @@ def blas_threads_for(work, n_threads=None):
     return blas_threads(threads_for(work, n_threads, BLAS_MIN_WORK_PER_THREAD))
 
 
+_gemm = None
+
+
+def blas_gemm():
+    """{dtype: address} of cblas_sgemm and cblas_dgemm in NumPy's own OpenBLAS, or None.
+
+    convkit's kernels call them from their OpenMP threads (``_conv.gemm_batch``)
+    instead of fanning GEMMs out to ``gemm_pool``'s Python threads, which
+    sleep between calls: waking one cost about 60 us a call on a 2-core
+    EPYC VM, 15% of a resnet-1x1 forward. Found only where it is safe to
+    call: threadpoolctl can hold that BLAS to one thread, and it is the
+    OpenBLAS bundled with NumPy's wheels (its ``scipy_cblas_?gemm64_``
+    symbols, 64-bit integers) that NumPy itself calls. A 3x2 product checks
+    each address against ``np.matmul`` before it is used.
+    """
+    global _gemm
+    if not can_limit_blas():
+        return None
+    if _gemm is None:
+        _gemm = _find_blas_gemm() or False
+    return _gemm or None
+
+
+def _find_blas_gemm():
+    import ctypes
+
+    import numpy as np
+
+    found = _blas_controller()
+    if found is None:
+        return None
+    numpy_dir = os.path.dirname(os.path.dirname(os.path.abspath(np.__file__)))
+    for lib in found[0].lib_controllers:
+        info = lib.info()
+        path = os.path.abspath(str(info.get("filepath", "")))
+        if (info.get("internal_api") != "openblas"
+                or not os.path.basename(path).startswith("libscipy_openblas64_")
+                or not path.startswith(os.path.join(numpy_dir, "numpy"))):
+            continue
+        try:
+            dynlib = ctypes.CDLL(path)
+            config = dynlib.scipy_openblas_get_config64_
+            config.restype = ctypes.c_char_p
+            if b"USE64BITINT" not in config():
+                continue
+            gemm = {np.dtype(np.float32): dynlib.scipy_cblas_sgemm64_,
+                    np.dtype(np.float64): dynlib.scipy_cblas_dgemm64_}
+        except (OSError, AttributeError):
+            continue
+        addresses = {dtype: ctypes.cast(fn, ctypes.c_void_p).value for dtype, fn in gemm.items()}
+        if all(_gemm_agrees(address, dtype) for dtype, address in addresses.items()):
+            return addresses
+    return None
+
+
+def _gemm_agrees(address, dtype):
+    """Whether the BLAS call at ``address`` gives np.matmul's product on small operands."""
+    import numpy as np
+
+    from convkit._lib import _conv
+
+    a = np.arange(1.0, 7.0, dtype=dtype).reshape(1, 1, 3, 2)
+    b = np.arange(2.0, 10.0, dtype=dtype).reshape(1, 1, 2, 4)
+    out = np.full((1, 1, 3, 4), np.nan, dtype=dtype)
+    with blas_threads(1):
+        _conv.gemm_batch(address, a, b, out, False, 2, False, 4, 4, 1)
+    return bool(np.array_equal(out, np.matmul(a, b)))
+
+
 _pools = {}
 _pools_lock = threading.Lock()
 
@@ -174,6 +243,9 @@ if hasattr(os, "register_at_fork"):
 
 def gemm_pool(n):
     """A shared pool of ``n`` Python threads that run single-threaded BLAS calls side by side.
+
+    The fallback of functional._matmul where ``blas_gemm`` finds no BLAS
+    to call from the kernels' OpenMP threads.
 
     OpenBLAS's sgemm does not give the same bits on 1 and on several of its
     own threads on every CPU (its Haswell/Zen kernels on a 2-core EPYC: up to

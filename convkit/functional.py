@@ -195,7 +195,7 @@ def _use_depthwise_rows(g):
 def _gemm_threads(g, n_threads):
     """Threads the im2col path's GEMMs run on, one BLAS call per thread at a time.
 
-    BLAS itself is held to one thread (see _threads.gemm_pool): each GEMM is
+    BLAS itself is held to one thread (see _matmul): each GEMM is
     then the same call, with the same bits, whatever the thread count. Small
     problems stay on one thread, where threads cost more than they save.
     """
@@ -205,9 +205,19 @@ def _gemm_threads(g, n_threads):
 def _matmul(a, b, out, n_threads):
     """``np.matmul(a, b, out=out)`` with the leading axis of ``b`` and ``out`` split across threads.
 
-    ``a`` has that axis too, or is broadcast against it. NumPy makes one
-    BLAS call per matrix of the batch, so the split changes no call.
+    ``a`` has that axis too, or is broadcast against it. Each matrix of the
+    batch is one single-threaded BLAS call whatever the split: run from
+    the kernels' OpenMP threads where _threads.blas_gemm found NumPy's
+    BLAS, else by NumPy (one BLAS call per matrix) in _threads.gemm_pool's
+    Python threads.
     """
+    gemm = _threads.blas_gemm()
+    layouts = _gemm_layouts(a, b, out) if gemm is not None else None
+    if layouts is not None:
+        if a.ndim == 3:
+            a = np.broadcast_to(a, out.shape[:1] + a.shape)
+        _conv.gemm_batch(gemm[out.dtype], a, b, out, *layouts, n_threads)
+        return out
     n = out.shape[0]
     parts = min(n, n_threads)
     if parts <= 1:
@@ -225,6 +235,43 @@ def _matmul(a, b, out, n_threads):
     for future in futures:
         future.result()
     return out
+
+
+def _blas_layout(array):
+    """(transposed, leading dimension) of each matrix of ``array`` as a BLAS operand, or None."""
+    rows, cols = array.shape[-2:]
+    row_stride, col_stride = (st // array.itemsize for st in array.strides[-2:])
+    if cols == 1:
+        col_stride = 1
+    if rows == 1:
+        row_stride = max(cols, 1)
+    if col_stride == 1 and row_stride >= max(cols, 1):
+        return False, row_stride
+    if row_stride == 1 and col_stride >= max(rows, 1):
+        return True, col_stride
+    return None
+
+
+def _gemm_layouts(a, b, out):
+    """gemm_batch's (a_trans, lda, b_trans, ldb, ldc) for ``a @ b`` into ``out``, or None.
+
+    None where an operand is no BLAS matrix as it lies (then np.matmul
+    copies it), where a dimension is empty, or where ``out``'s rows are not
+    contiguous.
+    """
+    if (out.ndim != 4 or b.ndim != 4 or a.ndim not in (3, 4)
+            or out.dtype not in (np.float32, np.float64)
+            or a.dtype != out.dtype or b.dtype != out.dtype or 0 in out.shape
+            or a.shape[-1] == 0 or b.shape[:-2] != out.shape[:-2]
+            or a.shape[-3] != out.shape[-3] or a.shape[-2] != out.shape[-2]
+            or a.shape[-1] != b.shape[-2] or b.shape[-1] != out.shape[-1]
+            or any(st % out.itemsize for st in a.strides + b.strides + out.strides)):
+        return None
+    a_layout, b_layout = _blas_layout(a), _blas_layout(b)
+    out_layout = _blas_layout(out)
+    if a_layout is None or b_layout is None or out_layout is None or out_layout[0]:
+        return None
+    return a_layout + b_layout + (out_layout[1],)
 
 
 def _all_finite(array):

@@ -363,3 +363,64 @@ def test_gemm_pool_after_fork():
     result = _run_python(source)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "child 0"
+
+
+def _gemm_operands(dtype):
+    """(a, b, out) in the layouts convkit's GEMMs use: broadcast weights, transposed views, slices."""
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((5, 2, 7, 30)).astype(dtype)
+    weights = rng.standard_normal((2, 6, 7)).astype(dtype)
+    weights_t = rng.standard_normal((2, 7, 6)).astype(dtype).transpose(0, 2, 1)
+    gy = rng.standard_normal((5, 2, 6, 30)).astype(dtype)
+    big = np.zeros((7, 2, 6, 30), dtype)
+    return [(weights, x, big[1:6]),                       # forward: weights broadcast
+            (weights_t, x, np.zeros((5, 2, 6, 30), dtype)),  # grad_input: weights^T
+            (gy, x.transpose(0, 1, 3, 2), np.zeros((5, 2, 6, 7), dtype))]  # grad_weight
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gemms_run_from_the_kernel_threads(dtype):
+    """Where NumPy's BLAS is found, _matmul calls it from OpenMP threads: np.matmul's
+    products, bit for bit the same on 1, 2 and 3 threads."""
+    from convkit import functional
+
+    if _threads.blas_gemm() is None:
+        pytest.skip("no NumPy-bundled OpenBLAS (scipy_cblas_?gemm64_) to call from the kernels")
+    for a, b, out in _gemm_operands(dtype):
+        assert functional._gemm_layouts(a, b, out) is not None
+        expected = np.matmul(a, b)
+        results = []
+        for n in (1, 2, 3):
+            out[...] = np.nan
+            with _threads.blas_threads(1):
+                functional._matmul(a, b, out, n)
+            results.append(out.copy())
+        np.testing.assert_allclose(results[0], expected, rtol=1e-5 if dtype == np.float32 else 1e-12)
+        for other in results[1:]:
+            np.testing.assert_array_equal(other, results[0])
+
+
+def test_gemm_layouts_refuse_what_blas_cannot_read():
+    """Operands with no unit stride, reversed rows or a strided output go through np.matmul."""
+    from convkit import functional
+
+    rng = np.random.default_rng(2)
+    a = rng.standard_normal((2, 6, 7)).astype(np.float32)
+    b = rng.standard_normal((3, 2, 14, 60)).astype(np.float32)
+    out = np.zeros((3, 2, 6, 30), np.float32)
+    assert functional._gemm_layouts(a, b[:, :, ::2, ::2], out) is None
+    assert functional._gemm_layouts(a[:, ::-1], b[:, :, :7, :30], out) is None
+    strided_out = np.zeros((3, 2, 6, 60), np.float32)[..., ::2]
+    assert functional._gemm_layouts(a, b[:, :, :7, :30], strided_out) is None
+    assert functional._gemm_layouts(a, b[:, :, :7, :30], out) is not None
+    for bb, oo in [(b[:, :, ::2, ::2], out), (b[:, :, :7, :30], strided_out)]:
+        with _threads.blas_threads(1):
+            functional._matmul(a, bb, oo, 2)
+        np.testing.assert_allclose(oo, np.matmul(a, bb), rtol=1e-5)
+
+
+def test_no_kernel_gemms_without_a_hold_on_blas(monkeypatch):
+    """Without threadpoolctl, BLAS could split a GEMM on its own threads inside an
+    OpenMP region: the kernels then never call it."""
+    monkeypatch.setattr(_threads, "_blas", False)
+    assert _threads.blas_gemm() is None

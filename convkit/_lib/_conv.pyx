@@ -465,6 +465,54 @@ def pack_phases(const floating[:, :, :, ::1] x,  # IN  (N, C, H, W)
                       H, W, sh, sw, pt, pl, Hph, Wph, L, False)
 
 
+# cblas_sgemm / cblas_dgemm of a 64-bit-integer BLAS (see _threads.blas_gemm).
+ctypedef void (*_sgemm_t)(int, int, int, int64_t, int64_t, int64_t, float, const float *,
+                          int64_t, const float *, int64_t, float, float *,
+                          int64_t) noexcept nogil
+ctypedef void (*_dgemm_t)(int, int, int, int64_t, int64_t, int64_t, double, const double *,
+                          int64_t, const double *, int64_t, double, double *,
+                          int64_t) noexcept nogil
+
+cdef enum:
+    _ROW_MAJOR = 101
+    _NO_TRANS = 111
+    _TRANS = 112
+
+
+def gemm_batch(size_t gemm,                          # cblas_?gemm of this dtype
+               const floating[:, :, :, :] a,         # IN  (N, G, M, K), any strides
+               const floating[:, :, :, :] b,         # IN  (N, G, K, N'), any strides
+               floating[:, :, :, :] out,             # OUT (N, G, M, N'), rows contiguous
+               bint a_trans, int64_t lda, bint b_trans, int64_t ldb, int64_t ldc,
+               int n_threads):
+    """out[n, g] = a[n, g] @ b[n, g]: one BLAS call per matrix, the calls split across threads.
+
+    The caller holds BLAS to one thread and passes each operand's layout:
+    row-major with leading dimension ``ld`` (trans False: element (i, j) at
+    i*ld + j) or its transpose (trans True: at j*ld + i); ``out``'s rows are
+    ``ldc`` apart. Every matrix is
+    the same single-threaded call whatever the thread count, so the result
+    does not depend on it. The OpenMP threads that run the calls are the
+    kernels' own, often still awake from the last kernel, where a Python
+    thread pool's thread has to be woken for every call.
+    """
+    cdef int64_t N = out.shape[0], G = out.shape[1], M = out.shape[2], Nc = out.shape[3]
+    cdef int64_t K = a.shape[3]
+    cdef int ta = _TRANS if a_trans else _NO_TRANS, tb = _TRANS if b_trans else _NO_TRANS
+    cdef int64_t task, n, g
+    if N * G * M * Nc == 0:
+        return
+    for task in prange(N * G, schedule="static", nogil=True, num_threads=n_threads):
+        n = task // G
+        g = task % G
+        if floating is float:
+            (<_sgemm_t> gemm)(_ROW_MAJOR, ta, tb, M, Nc, K, 1.0, &a[n, g, 0, 0], lda,
+                              &b[n, g, 0, 0], ldb, 0.0, &out[n, g, 0, 0], ldc)
+        else:
+            (<_dgemm_t> gemm)(_ROW_MAJOR, ta, tb, M, Nc, K, 1.0, &a[n, g, 0, 0], lda,
+                              &b[n, g, 0, 0], ldb, 0.0, &out[n, g, 0, 0], ldc)
+
+
 def pack_weights(const floating[:, :, :, :, :] w,  # IN  (G, K/G, C/G, R, S), any strides
                  floating[:, :, :, :, ::1] out,     # OUT (G, blocks, C/G, R*S, kb)
                  int n_threads):
