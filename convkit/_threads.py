@@ -16,6 +16,10 @@ from convkit._lib import _openmp
 
 _override = contextvars.ContextVar("convkit_num_threads", default=None)
 _default = None
+# Whether a call of this process may have started OpenMP threads, and
+# whether this process was forked after one did (see get_num_threads).
+_teams_started = False
+_forked_after_teams = False
 
 
 def _cpu_count():
@@ -53,8 +57,13 @@ def set_num_threads(n):
 
 
 def get_num_threads():
-    """Threads the next kernel call will use (1 when built without OpenMP)."""
-    if not _openmp.openmp_enabled():
+    """Threads the next kernel call will use (1 when built without OpenMP).
+
+    Also 1 in a process forked (``os.fork``, multiprocessing's "fork") after
+    convkit ran kernels on several threads: GCC's OpenMP runtime would wait
+    there forever for the parent's threads, which the child does not have.
+    """
+    if not _openmp.openmp_enabled() or _forked_after_teams:
         return 1
     override = _override.get()
     if override is not None:
@@ -84,9 +93,13 @@ def threads_for(work, n_threads=None, min_work_per_thread=1 << 15):
     Tiny calls run serially: waking a thread team costs microseconds, more
     than the work itself below ``min_work_per_thread`` per thread.
     """
+    global _teams_started
     if n_threads is None:
         n_threads = get_num_threads()
-    return max(1, min(n_threads, work // min_work_per_thread))
+    n = max(1, min(n_threads, work // min_work_per_thread))
+    if n > 1:
+        _teams_started = True
+    return n
 
 
 _blas = None
@@ -230,15 +243,16 @@ _pools = {}
 _pools_lock = threading.Lock()
 
 
-def _forget_pools():
-    """In a forked child: the parent's pool threads do not exist there."""
-    global _pools_lock
+def _after_fork_in_child():
+    """In a forked child: the parent's pool and OpenMP threads do not exist there."""
+    global _pools_lock, _forked_after_teams
     _pools.clear()
     _pools_lock = threading.Lock()
+    _forked_after_teams = _forked_after_teams or _teams_started
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pools)
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def gemm_pool(n):

@@ -342,24 +342,38 @@ def test_im2col_grid_with_forced_threads_matches_reference():
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
-def test_gemm_pool_after_fork():
-    """A forked child gets fresh GEMM pool threads (the parent's do not exist there)."""
+@pytest.mark.parametrize("gemms", ["kernel threads", "python pool"])
+def test_kernels_after_fork(gemms):
+    """A child forked after multi-threaded calls runs every kernel on one thread, to the
+    same results: GCC's OpenMP runtime would wait there forever for the parent's
+    threads (every OpenMP kernel hung so before), and the parent's GEMM pool
+    threads do not exist there either."""
     source = """
         import os
         import numpy as np
-        from convkit import functional
-        w = np.ones((1, 4, 8))
-        x = np.ones((4, 1, 8, 16))
-        y = np.empty((4, 1, 4, 16))
-        functional._matmul(w, x, y, 2)   # the parent's pool exists now
+        import convkit
+        from convkit import _threads
+        if %r == "python pool":
+            _threads._gemm = False   # GEMMs through NumPy in the Python pool
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((8, 256, 14, 14)).astype(np.float32)
+        w = rng.standard_normal((64, 256, 1, 1)).astype(np.float32)
+        x3 = rng.standard_normal((4, 16, 32, 32)).astype(np.float32)
+        w3 = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
+        def work():
+            with convkit.num_threads(2):
+                return (convkit.conv2d(x, w, method="im2col"),
+                        convkit.conv2d(x3, w3, padding=1, method="direct"),
+                        convkit.max_pool2d(x3, 2))
+        expected = work()
         pid = os.fork()
         if pid == 0:
-            y[...] = 0
-            functional._matmul(w, x, y, 2)
-            os._exit(0 if (y == 8).all() else 3)
+            got = work()
+            same = all(np.array_equal(a, b) for a, b in zip(got, expected))
+            os._exit(0 if same and convkit.get_num_threads() == 1 else 3)
         _, status = os.waitpid(pid, 0)
         print("child", os.waitstatus_to_exitcode(status))
-    """
+    """ % gemms
     result = _run_python(source)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "child 0"
