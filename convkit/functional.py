@@ -413,7 +413,7 @@ def _pack_weight(weight, g, kb, n_threads):
     w = weight if weight.ndim == 5 else weight.reshape(G, Kg, Cg, R, S)
     packed = _scratch("weights", (G, -(-Kg // kb), Cg, R * S, kb), weight.dtype)
     _conv.pack_weights(w, packed, _threads.threads_for(packed.size, n_threads,
-                                                       _threads.SCAN_MIN_WORK_PER_THREAD))
+                                                       _threads.PACK_MIN_WORK_PER_THREAD))
     return packed
 
 

@@ -176,7 +176,8 @@ def determinism_check(method, dtype):
     def recording(work, n_threads=None, min_work_per_thread=1 << 15):
         count = original(work, n_threads, min_work_per_thread)
         if min_work_per_thread not in (_threads.BLAS_MIN_WORK_PER_THREAD,  # kernel teams only
-                                       _threads.SCAN_MIN_WORK_PER_THREAD):
+                                       _threads.SCAN_MIN_WORK_PER_THREAD,
+                                       _threads.PACK_MIN_WORK_PER_THREAD):
             used.append(count)
         return count
 
