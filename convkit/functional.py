@@ -406,8 +406,9 @@ def _pack_weight(weight, g, kb, n_threads):
     ``weight`` is (K, C/G, R, S) or a (G, K/G, C/G, R, S) view of any strides
     (grad_input passes its flipped, tap-sliced weights that way). Lanes past
     K/G in the last block are zero. A kernel packs them, a tile per (group,
-    block, input channel): NumPy's strided copy took 0.50 ms for 256x256x3x3
-    weights in blocks of 64 on a 2-core Zen 4 EPYC, 5% of that forward.
+    block, run of input channels): NumPy's strided copy took 0.50 ms for
+    256x256x3x3 weights in blocks of 64 on a 2-core Zen 4 EPYC, 5% of that
+    forward.
     """
     G, Kg, Cg, R, S = g.groups, g.K_per_group, g.C_per_group, g.R, g.S
     w = weight if weight.ndim == 5 else weight.reshape(G, Kg, Cg, R, S)

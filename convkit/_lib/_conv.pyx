@@ -490,11 +490,11 @@ def gemm_batch(size_t gemm,                          # cblas_?gemm of this dtype
     The caller holds BLAS to one thread and passes each operand's layout:
     row-major with leading dimension ``ld`` (trans False: element (i, j) at
     i*ld + j) or its transpose (trans True: at j*ld + i); ``out``'s rows are
-    ``ldc`` apart. Every matrix is
-    the same single-threaded call whatever the thread count, so the result
-    does not depend on it. The OpenMP threads that run the calls are the
-    kernels' own, often still awake from the last kernel, where a Python
-    thread pool's thread has to be woken for every call.
+    ``ldc`` apart. Every matrix is the same single-threaded call whatever
+    the thread count, so the result does not depend on it. The OpenMP
+    threads that run the calls are the kernels' own, often still awake from
+    the last kernel, where a Python thread pool's thread has to be woken for
+    every call.
     """
     cdef int64_t N = out.shape[0], G = out.shape[1], M = out.shape[2], Nc = out.shape[3]
     cdef int64_t K = a.shape[3]
