@@ -706,6 +706,65 @@ def test_finiteness_scan_finds_every_position(size, dtype):
                     assert not _all_finite(spoiled), (bad, position)
 
 
+# The channel-vector grad_weight reads x in place, checking the taps of
+# output positions near the edges (above all in rows and columns no tap of
+# which stays inside, and padding beyond the kernel's reach), or reads a
+# zero-padded copy at stride 1 (functional._pad_for_grad_weight). 32 output
+# channels a group fill its block on every ISA.
+GRAD_WEIGHT_EDGE_CASES = {
+    "same_3x3_chunked_rows": ((2, 3, 26, 24), (32, 3, 3, 3), dict(padding=1)),
+    "dilated_5x5": ((1, 2, 20, 23), (32, 2, 5, 5), dict(padding=3, dilation=2)),
+    "asymmetric_same_even": ((2, 3, 9, 12), (32, 3, 4, 2), dict(padding="same")),
+    "one_sided": ((1, 2, 11, 13), (32, 2, 3, 3), dict(padding=((2, 0), (0, 3)))),
+    "padding_past_the_taps": ((1, 2, 6, 7), (32, 2, 3, 3), dict(padding=4)),
+    "stride_2": ((2, 4, 15, 16), (32, 4, 3, 3), dict(stride=2, padding=1)),
+    "stride_1x3_dilated": ((1, 3, 10, 17), (32, 3, 2, 3), dict(stride=(1, 3), padding=(1, 2),
+                                                               dilation=(2, 1))),
+    "groups_valid": ((2, 4, 9, 8), (64, 2, 3, 2), dict(groups=2)),
+    "groups_padded": ((1, 4, 13, 9), (64, 2, 3, 3), dict(groups=2, padding=1)),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", GRAD_WEIGHT_EDGE_CASES)
+def test_grad_weight_in_place_and_padded(case, dtype, monkeypatch):
+    """Both ways give the reference's grad_weight, with the same bits."""
+    from convkit import functional
+
+    x_shape, w_shape, kwargs = GRAD_WEIGHT_EDGE_CASES[case]
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(x_shape).astype(dtype)
+    weight = rng.standard_normal(w_shape).astype(dtype)
+    grad_y = rng.standard_normal(reference.conv2d(x, weight, **kwargs).shape).astype(dtype)
+    expected = reference.conv2d_backward(grad_y, x, weight, **kwargs)[1]
+    results = []
+    for share in (1.0, 0.0):  # never pad, pad wherever the stride is 1
+        monkeypatch.setattr(functional, "_GW_EDGE_SHARE", share)
+        for threads in (1, 2):
+            with convkit.num_threads(threads):
+                grad_w = convkit.conv2d_backward(grad_y, x, weight, method="direct",
+                                                 output_mask=(False, True, False),
+                                                 **kwargs)[1]
+            assert_close(grad_w, expected, kind="grad", err_msg=f"{case} {share} {threads}")
+            results.append(grad_w)
+    for grad_w in results[1:]:
+        np.testing.assert_array_equal(grad_w, results[0], err_msg=case)
+
+
+def test_grad_weight_pads_small_maps_only():
+    """The rule pads resnet-3x3-c256's 14x14 maps, reads resnet-3x3's 56x56 in place."""
+    from convkit._validation import conv_geometry
+    from convkit.functional import _pad_for_grad_weight
+
+    def rule(x_shape, w_shape, stride, padding):
+        return _pad_for_grad_weight(conv_geometry(x_shape, w_shape, stride, padding, 1, 1))
+
+    assert rule((8, 256, 14, 14), (256, 256, 3, 3), 1, 1)
+    assert not rule((8, 64, 56, 56), (64, 64, 3, 3), 1, 1)
+    assert not rule((8, 64, 56, 56), (128, 64, 3, 3), 2, 1)
+    assert not rule((8, 32, 12, 12), (64, 32, 5, 5), 1, 0)
+
+
 def test_grad_input_forms_are_both_exercised():
     """The CASES reach both the scatter (col2im) and the gather form of direct grad_input."""
     from convkit._validation import conv_geometry

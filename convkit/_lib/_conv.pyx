@@ -223,13 +223,17 @@ cdef extern from "_direct.h" nogil:
                                  int64_t, const int64_t *, int64_t, int64_t, int64_t,
                                  double *, int64_t)
     ctypedef void (*ck_gwk_f32_t)(const float *, int64_t, int64_t, int64_t, const float *,
-                                  int64_t, int64_t, const int64_t *, int64_t, int64_t, int64_t,
-                                  int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, float *,
-                                  int, int, float *, int64_t)
-    ctypedef void (*ck_gwk_f64_t)(const double *, int64_t, int64_t, int64_t, const double *,
-                                  int64_t, int64_t, const int64_t *, int64_t, int64_t, int64_t,
                                   int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
-                                  double *, int, int, double *, int64_t)
+                                  const int64_t *, const int64_t *, int64_t, int64_t, int64_t,
+                                  int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                                  int64_t, int64_t, const float *, int64_t, float *, int, int,
+                                  float *, int64_t)
+    ctypedef void (*ck_gwk_f64_t)(const double *, int64_t, int64_t, int64_t, const double *,
+                                  int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                                  const int64_t *, const int64_t *, int64_t, int64_t, int64_t,
+                                  int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                                  int64_t, int64_t, const double *, int64_t, double *, int, int,
+                                  double *, int64_t)
     ctypedef int (*ck_gwr_f32_t)(const float *, int64_t, int64_t, int64_t, const float *,
                                   int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
                                   int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
@@ -765,62 +769,42 @@ def grad_weight_packed(const floating[:, :, ::1] gy_grid,   # IN  (N, K, P*Wph) 
                         &gw[k0, c, 0], Cg * RS)
 
 
-cdef inline void _grad_weight_columns(const floating *gy, int64_t gy_nstride,
-                                      int64_t gy_kstride, int64_t kcount, const floating *x,
-                                      int64_t x_nstride, int64_t chan_stride,
-                                      const int64_t *tap_off, int64_t RS, int64_t col0,
-                                      int64_t ncols, int64_t c_base, int64_t N, int64_t P,
-                                      int64_t Q, int64_t Wph, int64_t chunk_rows,
-                                      floating *work, int first, int last, floating *gw,
-                                      int64_t gw_kstride) noexcept nogil:
-    """The channel-vector grad_weight kernel of this dtype (see _direct.h)."""
-    if floating is float:
-        ck_kernels.gwk_f32(gy, gy_nstride, gy_kstride, kcount, x, x_nstride, chan_stride,
-                           tap_off, RS, col0, ncols, c_base, N, P, Q, Wph, chunk_rows, work,
-                           first, last, gw, gw_kstride)
-    else:
-        ck_kernels.gwk_f64(gy, gy_nstride, gy_kstride, kcount, x, x_nstride, chan_stride,
-                           tap_off, RS, col0, ncols, c_base, N, P, Q, Wph, chunk_rows, work,
-                           first, last, gw, gw_kstride)
-
-
 def grad_weight_channel_vector(const floating[:, :, ::1] gy,     # IN  (N, K, P*Q)
-                               const floating[:, :, :, ::1] x,    # IN  (N, C, H, W)
-                               const floating[:, :, :, ::1] xpk,  # IN  packed x, or (1,1,1,1)
-                               const int64_t[::1] tap_off,        # IN  (R*S,)
+                               const floating[:, :, ::1] x,       # IN  (N, C, >= H*W)
+                               const int64_t[::1] roff,           # IN  (R*S,) r*dh - pt
+                               const int64_t[::1] soff,           # IN  (R*S,) s*dw - pl
+                               const floating[::1] zrow,          # IN  (>= W,) zeros
                                const int64_t[::1] bounds,         # IN  (splits + 1,) image runs
                                floating[:, :, :, ::1] gw,         # OUT (splits, K, C/G, R*S)
                                floating[:, ::1] scratch,          # (n_threads, see below)
-                               int64_t P, int64_t Q, int64_t sh, int64_t sw, int64_t pt,
-                               int64_t pl, int64_t Hph, int64_t Wph, int64_t plane_len,
-                               int64_t cols_per_task, int64_t chunk_rows, bint per_task,
+                               int64_t H, int64_t W, int64_t P, int64_t Q, int64_t sh,
+                               int64_t sw, int64_t p_lo, int64_t p_hi, int64_t q_lo,
+                               int64_t q_hi, int64_t cols_per_task, int64_t chunk_rows,
                                int n_threads):
     """gw[i, k, c, t] = sum over images [bounds[i], bounds[i+1]) and output
     positions of gy[n, g*K/G + k, pos] * tap t of channel c of group g.
 
-    One task per (image run, group, block of grad_weight_channel_block()
-    output channels, run of cols_per_task columns) sums its images in
-    order, so the result does not depend on the thread count or on
-    cols_per_task. With ``per_task``, for each image the task packs the
-    input channels its columns read into its thread's scratch
-    (ceil(cols_per_task / R*S) + 1 channels of sh*sw*plane_len, after the
-    kernel's own scratch); otherwise it reads ``xpk``, the whole input
-    packed by pack_phases. The sums are the same either way.
+    Each channel of x is an H x W image (rows W apart) at the start of its
+    row of x: the input itself, or a zero-padded copy (then with pt = pl =
+    0 in roff and soff). One task per (image run, group, block of
+    grad_weight_channel_block() output channels, run of cols_per_task
+    columns) sums its images in order, so the result does not depend on
+    the thread count or on cols_per_task. The kernel reads x in place (see
+    _direct.h): output rows [p_lo, p_hi) and columns [q_lo, q_hi) read
+    inside the image for every tap. Each thread's scratch row holds the
+    kernel's accumulators and transposed chunk of grad_output:
+    ceil(cols_per_task / tb) * tb + chunk_rows * Q rows of kb.
     """
-    cdef int64_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef int64_t chan_stride = sh * sw * plane_len
+    cdef int64_t N = x.shape[0], C = x.shape[1], chan_stride = x.shape[2]
     cdef int64_t splits = gw.shape[0], K = gw.shape[1], Cg = gw.shape[2], RS = gw.shape[3]
     cdef int64_t G = C // Cg, Kg = K // G, ncols = Cg * RS
     cdef int64_t kb = (ck_kernels.gwk_f32_block if floating is float
                        else ck_kernels.gwk_f64_block)
-    cdef int64_t tb = ck_kernels.gwk_cols
     cdef int64_t kblocks = (Kg + kb - 1) // kb
     cdef int64_t runs = (ncols + cols_per_task - 1) // cols_per_task
     cdef int64_t per_split = G * kblocks * runs
-    cdef int64_t kernel_scratch = ((cols_per_task + tb - 1) // tb * tb + chunk_rows * Q) * kb
-    cdef int64_t task, i, n, n0, n1, g, blk, run, col0, count, kcount, c, c0, c1
+    cdef int64_t task, i, n0, n1, g, blk, run, col0, count, kcount
     cdef floating *work
-    cdef floating *xs
     for task in prange(splits * per_split, schedule="static", nogil=True,
                        num_threads=n_threads):
         i = task // per_split
@@ -836,25 +820,19 @@ def grad_weight_channel_vector(const floating[:, :, ::1] gy,     # IN  (N, K, P*
         kcount = Kg - blk * kb
         if kcount > kb:
             kcount = kb
-        c0 = col0 // RS
-        c1 = (col0 + count - 1) // RS + 1
         work = &scratch[omp_get_thread_num(), 0]
-        if not per_task:
-            _grad_weight_columns(&gy[n0, g * Kg + blk * kb, 0], K * P * Q, P * Q, kcount,
-                                 &xpk[n0, g * Cg, 0, 0], C * chan_stride, chan_stride,
-                                 &tap_off[0], RS, col0, count, 0, n1 - n0, P, Q, Wph,
-                                 chunk_rows, work, 1, 1, &gw[i, g * Kg + blk * kb, 0, 0],
-                                 Cg * RS)
-            continue
-        xs = work + kernel_scratch
-        for n in range(n0, n1):
-            for c in range(c0, c1):
-                _pack_channel(&x[n, g * Cg + c, 0, 0], xs + (c - c0) * chan_stride, H, W,
-                              sh, sw, pt, pl, Hph, Wph, plane_len, False)
-            _grad_weight_columns(&gy[n, g * Kg + blk * kb, 0], K * P * Q, P * Q, kcount, xs, 0,
-                                 chan_stride, &tap_off[0], RS, col0, count, c0, 1, P, Q, Wph,
-                                 chunk_rows, work, n == n0, n == n1 - 1,
-                                 &gw[i, g * Kg + blk * kb, 0, 0], Cg * RS)
+        if floating is float:
+            ck_kernels.gwk_f32(&gy[n0, g * Kg + blk * kb, 0], K * P * Q, P * Q, kcount,
+                               &x[n0, g * Cg, 0], C * chan_stride, chan_stride, H, W, sh, sw,
+                               &roff[0], &soff[0], RS, col0, count, 0, n1 - n0, P, Q, p_lo,
+                               p_hi, q_lo, q_hi, &zrow[0], chunk_rows, work, 1, 1,
+                               &gw[i, g * Kg + blk * kb, 0, 0], Cg * RS)
+        else:
+            ck_kernels.gwk_f64(&gy[n0, g * Kg + blk * kb, 0], K * P * Q, P * Q, kcount,
+                               &x[n0, g * Cg, 0], C * chan_stride, chan_stride, H, W, sh, sw,
+                               &roff[0], &soff[0], RS, col0, count, 0, n1 - n0, P, Q, p_lo,
+                               p_hi, q_lo, q_hi, &zrow[0], chunk_rows, work, 1, 1,
+                               &gw[i, g * Kg + blk * kb, 0, 0], Cg * RS)
 
 
 def grad_weight_depthwise(const floating[:, :, :, ::1] gy,  # IN  (N, K, P, Q)

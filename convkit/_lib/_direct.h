@@ -368,30 +368,72 @@ static inline int64_t ck_kvec_chunk(int64_t per_channel, int64_t Cg)
 
 /* Channel-vector grad_weight: a block of VL*KV output channels lies in the
  * vector lanes, so no lane reduction is needed and every output position is
- * enumerated exactly (no grid column wasted); input values are broadcast:
+ * enumerated exactly; input values are broadcast, read from x where it lies
+ * (no packed copy, no padding written out):
  *
- *   gw[k][col] = sum_n sum_(p,q) gy[n][k][p*Q + q] * x[n][c(col)][off(t(col)) + p*Wph + q]
+ *   gw[k][col] = sum_n sum_(p,q) gy[n][k][p*Q + q] * x[n][c][h][w],
+ *   h = p*sh + roff[t], w = q*sw + soff[t], the term 0 outside the input,
  *
- * for the columns col = c*RS + t in [col0, col0 + ncols), TB at a time.
- * Positions are visited in chunks of chunk_rows output rows: each chunk of
- * grad_output is first transposed into scratch as [position][channel]
- * (channels >= kcount zero), where it stays in L1 while every column block
- * of the task passes over it; the accumulators of all blocks live in
- * scratch between chunks. Each lane sums over n, then p, then q, in order,
- * whatever the ISA or thread count. scratch holds
- * ceil(ncols/TB)*TB*KBW + chunk_rows*Q*KBW elements. x points at channel
- * c_base of image 0. A sum may be split over calls: `first` zeroes the
- * accumulators, `last` writes gw, and calls in between carry on. */
+ * for the columns col = c*RS + t in [col0, col0 + ncols), TB at a time
+ * (roff[t] = r*dh - pt, soff[t] = s*dw - pl for tap t = r*S + s). A kernel
+ * row outside the input reads `zrow` (W zeros) instead; the output columns
+ * [q_lo, q_hi) read inside the input for every tap, the few outside that
+ * range check each column. Positions are visited in chunks of chunk_rows
+ * output rows: each chunk of grad_output is first transposed into scratch
+ * as [position][channel] (channels >= kcount zero), where it stays in L1
+ * while every column block of the task passes over it; the accumulators of
+ * all blocks live in scratch between chunks. Each lane sums over n, then
+ * p, then q, in order, whatever the ISA or thread count, the padding's
+ * terms included (gy * 0, as a packed zero-padded copy would give). scratch
+ * holds ceil(ncols/TB)*TB*KBW + chunk_rows*Q*KBW elements. x points at
+ * channel c_base of image 0, channels chan_stride apart. A sum may be split
+ * over calls: `first` zeroes the accumulators, `last` writes gw, and calls
+ * in between carry on. */
+/* (Helpers of CK_DEFINE_GRAD_WEIGHT_KVEC, using its TK_, KV_ and TB_.) */
+#define CK_GWK_TERM(XS)                                                                 \
+    do {                                                                                \
+        TK_ xs_ = (XS);                                                                 \
+        for (v = 0; v < KV_; v++)                                                       \
+            acc[i][v] += gv[v] * xs_;                                                   \
+    } while (0)
+/* Output columns [0, Q) of one row: column i reads (BASE)[q*sw + (OFF)], both
+ * expressions of i, the term 0 where input column q*sw + so[i] lies outside
+ * [0, W) (checked only outside [q_lo, q_hi)). */
+#define CK_GWK_COLUMNS(BASE, OFF, QA, QB_, CHECK)                                       \
+    for (q = (QA); q < (QB_); q++) {                                                    \
+        V gv[KV_];                                                                      \
+        for (v = 0; v < KV_; v++)                                                       \
+            memcpy(&gv[v], g + q * KBW + v * VL, sizeof(V));                            \
+        for (i = 0; i < TB_; i++) {                                                     \
+            if (CHECK) {                                                                \
+                /* Outside: a zero of zrow instead (a select, no branch). */           \
+                int64_t w_ = q * sw + so[i];                                            \
+                const TK_ *a_ = (uint64_t)w_ < (uint64_t)W ? &(BASE)[q * sw + (OFF)] : zrow; \
+                CK_GWK_TERM(*a_);                                                       \
+            } else                                                                      \
+                CK_GWK_TERM((BASE)[q * sw + (OFF)]);                                    \
+        }                                                                               \
+    }
+#define CK_GWK_ROW(BASE, OFF)                                                           \
+    do {                                                                                \
+        CK_GWK_COLUMNS(BASE, OFF, 0, q_lo, 1)                                           \
+        CK_GWK_COLUMNS(BASE, OFF, q_lo, q_hi, 0)                                        \
+        CK_GWK_COLUMNS(BASE, OFF, q_hi, Q, 1)                                           \
+    } while (0)
 #define CK_DEFINE_GRAD_WEIGHT_KVEC(NAME, T, VBYTES, KV, TB, ATTR)                       \
     ATTR static void NAME(const T *gy, int64_t gy_nstride, int64_t gy_kstride,          \
                           int64_t kcount, const T *x, int64_t x_nstride,                \
-                          int64_t chan_stride, const int64_t *tap_off, int64_t RS,      \
-                          int64_t col0, int64_t ncols, int64_t c_base, int64_t N,       \
-                          int64_t P, int64_t Q, int64_t Wph, int64_t chunk_rows,        \
-                          T *scratch, int first, int last, T *gw, int64_t gw_kstride)   \
+                          int64_t chan_stride, int64_t H, int64_t W, int64_t sh,        \
+                          int64_t sw, const int64_t *roff, const int64_t *soff,         \
+                          int64_t RS, int64_t col0, int64_t ncols, int64_t c_base,      \
+                          int64_t N, int64_t P, int64_t Q, int64_t p_lo, int64_t p_hi,  \
+                          int64_t q_lo, int64_t q_hi,                                   \
+                          const T *zrow, int64_t chunk_rows, T *scratch, int first,     \
+                          int last, T *gw, int64_t gw_kstride)                          \
     {                                                                                   \
         typedef T V __attribute__((vector_size(VBYTES)));                               \
-        enum { VL = VBYTES / sizeof(T), KBW = VL * KV };                                \
+        typedef T TK_;                                                                  \
+        enum { VL = VBYTES / sizeof(T), KBW = VL * KV, KV_ = KV, TB_ = TB };            \
         int64_t nblk = (ncols + TB - 1) / TB;                                           \
         int64_t n, p0, p1, p, q, b, i, v, l, k, j, npos;                                \
         T *gt = scratch + nblk * TB * KBW;                                              \
@@ -413,13 +455,18 @@ static inline int64_t ck_kvec_chunk(int64_t per_channel, int64_t Cg)
                 }                                                                       \
                 for (b = 0; b < nblk; b++) {                                            \
                     V acc[TB][KV];                                                      \
-                    const T *xo[TB];                                                    \
+                    const T *xc[TB];                                                    \
+                    int64_t ro[TB], so[TB], xd[TB];                                     \
                     T *slot = scratch + b * TB * KBW;                                   \
                     for (i = 0; i < TB; i++) {                                          \
                         int64_t col = col0 + b * TB + i;                                \
                         if (col >= col0 + ncols)                                        \
                             col = col0;                                                 \
-                        xo[i] = xn + (col / RS - c_base) * chan_stride + tap_off[col % RS]; \
+                        xc[i] = xn + (col / RS - c_base) * chan_stride;                 \
+                        ro[i] = roff[col % RS];                                         \
+                        so[i] = soff[col % RS];                                         \
+                        /* Tap i at output (p, q) reads xn[p*sh*W + q*sw + xd[i]]. */   \
+                        xd[i] = (col / RS - c_base) * chan_stride + ro[i] * W + so[i];  \
                     }                                                                   \
                     /* Vector by vector: a whole-array copy becomes rep movs. */       \
                     for (i = 0; i < TB; i++)                                            \
@@ -427,16 +474,20 @@ static inline int64_t ck_kvec_chunk(int64_t per_channel, int64_t Cg)
                             memcpy(&acc[i][v], slot + (i * KV + v) * VL, sizeof(V));    \
                     for (p = p0; p < p1; p++) {                                         \
                         const T *g = gt + (p - p0) * Q * KBW;                           \
-                        int64_t xrow = p * Wph;                                         \
-                        for (q = 0; q < Q; q++) {                                       \
-                            V gv[KV];                                                   \
-                            for (v = 0; v < KV; v++)                                    \
-                                memcpy(&gv[v], g + q * KBW + v * VL, sizeof(V));        \
+                        if (p >= p_lo && p < p_hi) {                                    \
+                            /* Every tap's row lies in the input: one pointer moves,   \
+                             * the taps lie at fixed offsets from it. */               \
+                            const T *xp = xn + p * sh * W;                              \
+                            CK_GWK_ROW(xp, xd[i]);                                      \
+                        } else {                                                        \
+                            const T *xr[TB];                                            \
                             for (i = 0; i < TB; i++) {                                  \
-                                T xs = xo[i][xrow + q];                                 \
-                                for (v = 0; v < KV; v++)                                \
-                                    acc[i][v] += gv[v] * xs;                            \
+                                int64_t h_ = p * sh + ro[i];                            \
+                                xr[i] = (const T *)((uintptr_t)(h_ >= 0 && h_ < H ?     \
+                                                                xc[i] + h_ * W : zrow) + \
+                                                    (uintptr_t)(so[i] * (int64_t)sizeof(T))); \
                             }                                                           \
+                            CK_GWK_ROW(xr[i], 0);                                       \
                         }                                                               \
                     }                                                                   \
                     for (i = 0; i < TB; i++)                                            \
@@ -1178,13 +1229,16 @@ typedef void (*ck_gw_f64_t)(const double *, int64_t, int64_t, int64_t, const dou
                             int64_t);
 
 typedef void (*ck_gwk_f32_t)(const float *, int64_t, int64_t, int64_t, const float *, int64_t,
-                             int64_t, const int64_t *, int64_t, int64_t, int64_t, int64_t,
-                             int64_t, int64_t, int64_t, int64_t, int64_t, float *, int, int,
-                             float *, int64_t);
+                             int64_t, int64_t, int64_t, int64_t, int64_t, const int64_t *,
+                             const int64_t *, int64_t, int64_t, int64_t, int64_t, int64_t,
+                             int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                             const float *, int64_t, float *, int, int, float *, int64_t);
 typedef void (*ck_gwk_f64_t)(const double *, int64_t, int64_t, int64_t, const double *,
-                             int64_t, int64_t, const int64_t *, int64_t, int64_t, int64_t,
-                             int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, double *,
-                             int, int, double *, int64_t);
+                             int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                             const int64_t *, const int64_t *, int64_t, int64_t, int64_t,
+                             int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                             int64_t, const double *, int64_t, double *, int, int, double *,
+                             int64_t);
 
 typedef int (*ck_gwr_f32_t)(const float *, int64_t, int64_t, int64_t, const float *, int64_t,
                              int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
