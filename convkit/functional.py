@@ -596,8 +596,11 @@ def _grad_input_scatter(grad_output, weight, g, n_threads):
     rows = weight.reshape(G, Kg, Cg * RS).transpose(0, 2, 1)[:, :, :, None, None]
     wpk = _pack_weight(rows, pointwise, _conv.CHANNEL_BLOCK, n_threads)
     blocks = wpk.shape[1]
+    # Per thread: grad_output's channels, the columns, then col2im's plane
+    # of column phases at column strides above 1.
     scratch = _scratch("threads", (n_threads, Kg * L + 2 * _conv.PLANE_SLACK
-                                   + blocks * _conv.CHANNEL_BLOCK * L), weight.dtype)
+                                   + blocks * _conv.CHANNEL_BLOCK * L
+                                   + g.H * (g.W + g.stride[1])), weight.dtype)
     grad_input = np.empty(g.input_shape, dtype=weight.dtype)
     (sh, sw), (dh, dw) = g.stride, g.dilation
     _conv.grad_input_scatter(grad_output.reshape(g.N, g.K, L), wpk,

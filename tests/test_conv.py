@@ -765,6 +765,37 @@ def test_grad_weight_pads_small_maps_only():
     assert not rule((8, 32, 12, 12), (64, 32, 5, 5), 1, 0)
 
 
+# Column strides above 1 in the scatter form of grad_input: col2im sums each
+# channel's column phases apart, then interleaves them (ck_col2ims).
+STRIDED_SCATTER_CASES = {
+    "stride_2_odd_width": ((2, 5, 17, 19), (6, 5, 3, 3), dict(stride=2, padding=1)),
+    "stride_2x3_dilated": ((1, 3, 20, 23), (4, 3, 5, 4), dict(stride=(2, 3), padding=(2, 1),
+                                                              dilation=(1, 2))),
+    "stride_2_groups": ((2, 4, 16, 16), (8, 2, 3, 3), dict(stride=2, groups=2)),
+    "column_stride_only": ((1, 2, 13, 14), (3, 2, 2, 5), dict(stride=(1, 2),
+                                                              padding=((1, 0), (3, 2)))),
+    "stride_3_padding_past_taps": ((1, 6, 9, 10), (4, 6, 3, 3), dict(stride=3, padding=4)),
+    "one_channel": ((2, 1, 15, 15), (8, 1, 5, 5), dict(stride=2, padding=2)),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", STRIDED_SCATTER_CASES)
+def test_strided_scatter_grad_input(case, dtype, monkeypatch):
+    from convkit import functional
+
+    monkeypatch.setattr(functional, "_use_scatter_grad_input", lambda g, itemsize: True)
+    x_shape, w_shape, kwargs = STRIDED_SCATTER_CASES[case]
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(x_shape).astype(dtype)
+    weight = rng.standard_normal(w_shape).astype(dtype)
+    grad_y = rng.standard_normal(reference.conv2d(x, weight, **kwargs).shape).astype(dtype)
+    grad_x = convkit.conv2d_backward(grad_y, x, weight, method="direct",
+                                     output_mask=(True, False, False), **kwargs)[0]
+    expected = reference.conv2d_backward(grad_y, x, weight, **kwargs)[0]
+    assert_close(grad_x, expected, kind="grad", err_msg=case)
+
+
 def test_grad_input_forms_are_both_exercised():
     """The CASES reach both the scatter (col2im) and the gather form of direct grad_input."""
     from convkit._validation import conv_geometry

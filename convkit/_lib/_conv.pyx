@@ -252,6 +252,12 @@ cdef extern from "_direct.h" nogil:
                                    double)
     ctypedef int (*ck_nonfinite_f32_t)(const float *, int64_t)
     ctypedef int (*ck_nonfinite_f64_t)(const double *, int64_t)
+    ctypedef void (*ck_col2ims_f32_t)(const float *, int64_t, int64_t, int64_t, int64_t,
+                                      int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                                      int64_t, float *, int64_t, int64_t, float *)
+    ctypedef void (*ck_col2ims_f64_t)(const double *, int64_t, int64_t, int64_t, int64_t,
+                                      int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
+                                      int64_t, double *, int64_t, int64_t, double *)
     ctypedef void (*ck_col2im_f32_t)(const float *, int64_t, int64_t, int64_t, int64_t,
                                      int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
                                      float *, int64_t, int64_t)
@@ -287,6 +293,8 @@ cdef extern from "_direct.h" nogil:
         ck_nonfinite_f64_t nonfinite_f64
         ck_col2im_f32_t col2im_f32
         ck_col2im_f64_t col2im_f64
+        ck_col2ims_f32_t col2ims_f32
+        ck_col2ims_f64_t col2ims_f64
         ck_fwd_f32_t fwds_f32
         ck_fwd_f64_t fwds_f64
         ck_fwdw_f32_t fwdw_f32
@@ -914,7 +922,7 @@ def grad_input_scatter(const floating[:, :, ::1] gy,         # IN  (N, K, P*Q)
                        const floating[:, :, :, :, ::1] wpk,  # IN  (G, blocks, K/G, 1, CK_KB)
                        const floating[::1] zeros,            # IN  (CK_KB,) zeros
                        floating[:, :, :, ::1] gi,            # OUT (N, C, H, W)
-                       floating[:, ::1] scratch,  # (n_threads, K/G*P*Q + 2*CK_SLACK + blocks*CK_KB*P*Q)
+                       floating[:, ::1] scratch,  # (n_threads, K/G*P*Q + 2*CK_SLACK + blocks*CK_KB*P*Q + H*(W + sw))
                        int64_t R, int64_t S, int64_t P, int64_t Q, int64_t sh, int64_t sw,
                        int64_t pt, int64_t pl, int64_t dh, int64_t dw, int n_threads):
     """grad_input as a product of the weights and grad_output, then col2im, per image.
@@ -976,6 +984,19 @@ def grad_input_scatter(const floating[:, :, ::1] gy,         # IN  (N, K, P*Q)
             else:
                 ck_kernels.col2im_f64(cols, Cg, P, Q, R, S, sh, pt, pl, dh, dw,
                                       &gi[n, g * Cg, 0, 0], H, W)
+            continue
+        if sw > 1:
+            # The column phases summed apart (ck_col2ims in _direct.h), where
+            # the loop below adds one strided pixel at a time. Its buffer
+            # follows the columns' slack.
+            if floating is float:
+                ck_kernels.col2ims_f32(cols, Cg, P, Q, R, S, sh, sw, pt, pl, dh, dw,
+                                       &gi[n, g * Cg, 0, 0], H, W,
+                                       cols + blocks * CK_KB * L + CK_SLACK)
+            else:
+                ck_kernels.col2ims_f64(cols, Cg, P, Q, R, S, sh, sw, pt, pl, dh, dw,
+                                       &gi[n, g * Cg, 0, 0], H, W,
+                                       cols + blocks * CK_KB * L + CK_SLACK)
             continue
         for c in range(Cg):
             plane = &gi[n, g * Cg + c, 0, 0]

@@ -841,6 +841,68 @@ CK_DEFINE_ADD_ROWS(ck_add_rows_f64, double)
                       plane + c * H * W, H, W);                                           \
     }
 
+/* col2im at column stride sw > 1, for C channels:
+ *
+ *   plane[c][h][w] = sum over (s, r) in that order, where w = q*sw + s*dw - pl
+ *                    and h = p*sh - pt + r*dh for some 0 <= q < Q, 0 <= p < P,
+ *                    of cols[(c*R + r)*S + s][p*Q + q]
+ *
+ * (every pixel written, 0 where no tap reaches it). A channel's sw column
+ * phases (w % sw) are summed apart in `buf` (H rows of sw phases of
+ * ceil(W/sw) elements), so each tap adds contiguous runs of its column rows
+ * to contiguous runs of a phase, then the phases are interleaved into the
+ * plane: no read-modify-write of single strided pixels. Each pixel's terms
+ * are added to zero in the same (s, r) order as a scatter of the column
+ * rows, tap by tap, into a zeroed plane would add them. */
+#define CK_DEFINE_COL2IM_STRIDED(NAME, T, ATTR)                                           \
+    ATTR static void NAME(const T *cols, int64_t C, int64_t P, int64_t Q, int64_t R,      \
+                          int64_t S, int64_t sh, int64_t sw, int64_t pt, int64_t pl,      \
+                          int64_t dh, int64_t dw, T *plane, int64_t H, int64_t W, T *buf) \
+    {                                                                                     \
+        int64_t c, h, r, s, p, q, j, Wj = (W + sw - 1) / sw, L = P * Q;                  \
+        int64_t rowlen = sw * Wj;                                                         \
+        for (c = 0; c < C; c++) {                                                         \
+            T *out = plane + c * H * W;                                                   \
+            memset(buf, 0, (size_t)(H * rowlen) * sizeof(T));                             \
+            for (s = 0; s < S; s++) {                                                     \
+                int64_t off = s * dw - pl, b = ((off % sw) + sw) % sw;                    \
+                /* Column q lands in phase b at index q + k, inside the row for    \
+                 * q in [q_lo, q_hi). */                                             \
+                int64_t k = (off - b) / sw;                                               \
+                int64_t q_lo = off < 0 ? (-off + sw - 1) / sw : 0;                        \
+                int64_t q_hi = W - off <= 0 ? 0 : (W - off + sw - 1) / sw;                \
+                if (q_hi > Q)                                                             \
+                    q_hi = Q;                                                             \
+                for (r = 0; r < R; r++) {                                                 \
+                    const T *src = cols + ((c * R + r) * S + s) * L;                      \
+                    for (p = 0; p < P; p++) {                                             \
+                        int64_t ih = p * sh - pt + r * dh;                                \
+                        if (ih < 0 || ih >= H)                                            \
+                            continue;                                                     \
+                        T *restrict dst = buf + ih * rowlen + b * Wj + k;                 \
+                        const T *restrict sp = src + p * Q;                               \
+                        for (q = q_lo; q < q_hi; q++)                                     \
+                            dst[q] += sp[q];                                              \
+                    }                                                                     \
+                }                                                                         \
+            }                                                                             \
+            for (h = 0; h < H; h++) {                                                     \
+                const T *restrict ph = buf + h * rowlen;                                  \
+                T *restrict row = out + h * W;                                            \
+                if (sw == 2) {                                                            \
+                    for (j = 0; j < W / 2; j++) {                                         \
+                        row[2 * j] = ph[j];                                               \
+                        row[2 * j + 1] = ph[Wj + j];                                      \
+                    }                                                                     \
+                    if (W % 2)                                                            \
+                        row[W - 1] = ph[W / 2];                                           \
+                } else                                                                    \
+                    for (j = 0; j < W; j++)                                               \
+                        row[j] = ph[(j % sw) * Wj + j / sw];                              \
+            }                                                                             \
+        }                                                                                 \
+    }
+
 /* ---- depthwise forward, in place ---------------------------------------- */
 
 /* One output plane of a convolution with one input channel per group, at
@@ -1152,6 +1214,8 @@ CK_DEFINE_NONFINITE(ck_nonfinite_f32_base, float, 16, CK_BASE)
 CK_DEFINE_NONFINITE(ck_nonfinite_f64_base, double, 16, CK_BASE)
 CK_DEFINE_COL2IM(ck_col2im_f32_base, float, int32_t, 16, CK_BASE)
 CK_DEFINE_COL2IM(ck_col2im_f64_base, double, int64_t, 16, CK_BASE)
+CK_DEFINE_COL2IM_STRIDED(ck_col2ims_f32_base, float, CK_BASE)
+CK_DEFINE_COL2IM_STRIDED(ck_col2ims_f64_base, double, CK_BASE)
 CK_DEFINE_FORWARD_DW(ck_fwdw_f32_base, float, int32_t, 16, CK_BASE)
 CK_DEFINE_FORWARD_DW(ck_fwdw_f64_base, double, int64_t, 16, CK_BASE)
 #if CK_X86
@@ -1177,6 +1241,8 @@ CK_DEFINE_NONFINITE(ck_nonfinite_f32_avx2, float, 32, CK_AVX2)
 CK_DEFINE_NONFINITE(ck_nonfinite_f64_avx2, double, 32, CK_AVX2)
 CK_DEFINE_COL2IM(ck_col2im_f32_avx2, float, int32_t, 32, CK_AVX2)
 CK_DEFINE_COL2IM(ck_col2im_f64_avx2, double, int64_t, 32, CK_AVX2)
+CK_DEFINE_COL2IM_STRIDED(ck_col2ims_f32_avx2, float, CK_AVX2)
+CK_DEFINE_COL2IM_STRIDED(ck_col2ims_f64_avx2, double, CK_AVX2)
 CK_DEFINE_FORWARD_DW(ck_fwdw_f32_avx2, float, int32_t, 32, CK_AVX2)
 CK_DEFINE_FORWARD_DW(ck_fwdw_f64_avx2, double, int64_t, 32, CK_AVX2)
 CK_DEFINE_FORWARD(ck_fwd_f32_avx512, float, 64, CK_KB, CK_KB, 3, CK_AVX512)
@@ -1203,6 +1269,8 @@ CK_DEFINE_NONFINITE(ck_nonfinite_f32_avx512, float, 64, CK_AVX512)
 CK_DEFINE_NONFINITE(ck_nonfinite_f64_avx512, double, 64, CK_AVX512)
 CK_DEFINE_COL2IM(ck_col2im_f32_avx512, float, int32_t, 64, CK_AVX512)
 CK_DEFINE_COL2IM(ck_col2im_f64_avx512, double, int64_t, 64, CK_AVX512)
+CK_DEFINE_COL2IM_STRIDED(ck_col2ims_f32_avx512, float, CK_AVX512)
+CK_DEFINE_COL2IM_STRIDED(ck_col2ims_f64_avx512, double, CK_AVX512)
 CK_DEFINE_FORWARD_DW(ck_fwdw_f32_avx512, float, int32_t, 64, CK_AVX512)
 CK_DEFINE_FORWARD_DW(ck_fwdw_f64_avx512, double, int64_t, 64, CK_AVX512)
 #endif
@@ -1257,6 +1325,12 @@ typedef void (*ck_fwdw_f64_t)(const double *, int64_t, int64_t, int64_t, int64_t
                               int64_t, int64_t, double *, int64_t, int64_t, int64_t, double);
 typedef int (*ck_nonfinite_f32_t)(const float *, int64_t);
 typedef int (*ck_nonfinite_f64_t)(const double *, int64_t);
+typedef void (*ck_col2ims_f32_t)(const float *, int64_t, int64_t, int64_t, int64_t, int64_t,
+                                 int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, float *,
+                                 int64_t, int64_t, float *);
+typedef void (*ck_col2ims_f64_t)(const double *, int64_t, int64_t, int64_t, int64_t, int64_t,
+                                 int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, double *,
+                                 int64_t, int64_t, double *);
 typedef void (*ck_col2im_f32_t)(const float *, int64_t, int64_t, int64_t, int64_t, int64_t,
                                 int64_t, int64_t, int64_t, int64_t, int64_t, float *, int64_t,
                                 int64_t);
@@ -1299,6 +1373,8 @@ typedef struct {
      * sums where fwds_one_tap; bytes of grid positions per register block
      * of fwd_* and fwds_* (see ck_fwd_short). */
     int fwd_short, fwds_one_tap, fwd_block_bytes, fwds_block_bytes;
+    ck_col2ims_f32_t col2ims_f32; /* column stride above 1 */
+    ck_col2ims_f64_t col2ims_f64;
 } ck_kernels_t;
 
 static ck_kernels_t ck_kernels = {
@@ -1308,7 +1384,8 @@ static ck_kernels_t ck_kernels = {
     ck_gw1_f32_base, ck_gw1_f64_base, ck_gwk_f32_base, ck_gwk_f64_base, 8, 4, 6,
     ck_gwr_f32_base, ck_gwr_f64_base,
     ck_nonfinite_f32_base, ck_nonfinite_f64_base, ck_col2im_f32_base, ck_col2im_f64_base,
-    ck_fwd_f32_base, ck_fwd_f64_base, ck_fwdw_f32_base, ck_fwdw_f64_base, CK_SHORT, 0, 32, 32};
+    ck_fwd_f32_base, ck_fwd_f64_base, ck_fwdw_f32_base, ck_fwdw_f64_base, CK_SHORT, 0, 32, 32,
+    ck_col2ims_f32_base, ck_col2ims_f64_base};
 
 /* Pick the widest variant this CPU runs; CONVKIT_ISA=avx2|baseline caps it. */
 static void ck_select_kernels(const char *cap)
@@ -1331,7 +1408,7 @@ static void ck_select_kernels(const char *cap)
                           ck_nonfinite_f64_avx512, ck_col2im_f32_avx512,
                           ck_col2im_f64_avx512, ck_fwds_f32_avx512, ck_fwds_f64_avx512,
                           ck_fwdw_f32_avx512, ck_fwdw_f64_avx512, CK_SHORT_AVX512,
-                          1, 192, 128};
+                          1, 192, 128, ck_col2ims_f32_avx512, ck_col2ims_f64_avx512};
         ck_kernels = k;
         /* AMD family 19h with AVX-512 is Zen 4 (Zen 3 has none, Zen 5 is 1Ah):
          * its kernels run fastest summing every input channel in one pass. */
@@ -1349,7 +1426,8 @@ static void ck_select_kernels(const char *cap)
                           ck_nonfinite_f32_avx2,
                           ck_nonfinite_f64_avx2, ck_col2im_f32_avx2,
                           ck_col2im_f64_avx2, ck_fwds_f32_avx2, ck_fwds_f64_avx2,
-                          ck_fwdw_f32_avx2, ck_fwdw_f64_avx2, CK_SHORT, 0, 96, 32};
+                          ck_fwdw_f32_avx2, ck_fwdw_f64_avx2, CK_SHORT, 0, 96, 32,
+                          ck_col2ims_f32_avx2, ck_col2ims_f64_avx2};
         ck_kernels = k;
     }
 #else
