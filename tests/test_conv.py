@@ -706,6 +706,15 @@ def test_finiteness_scan_finds_every_position(size, dtype):
                     assert not _all_finite(spoiled), (bad, position)
 
 
+def _case_arrays(x_shape, w_shape, kwargs, dtype, seed=3):
+    """x, weight, grad_output (seeded normal draws) and kwargs of a (shapes, kwargs) case."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(x_shape).astype(dtype)
+    weight = rng.standard_normal(w_shape).astype(dtype)
+    grad_y = rng.standard_normal(reference.conv2d(x, weight, **kwargs).shape).astype(dtype)
+    return x, weight, grad_y, kwargs
+
+
 # The channel-vector grad_weight reads x in place, checking the taps of
 # output positions near the edges (above all in rows and columns no tap of
 # which stays inside, and padding beyond the kernel's reach), or reads a
@@ -731,11 +740,7 @@ def test_grad_weight_in_place_and_padded(case, dtype, monkeypatch):
     """Both ways give the reference's grad_weight, with the same bits."""
     from convkit import functional
 
-    x_shape, w_shape, kwargs = GRAD_WEIGHT_EDGE_CASES[case]
-    rng = np.random.default_rng(3)
-    x = rng.standard_normal(x_shape).astype(dtype)
-    weight = rng.standard_normal(w_shape).astype(dtype)
-    grad_y = rng.standard_normal(reference.conv2d(x, weight, **kwargs).shape).astype(dtype)
+    x, weight, grad_y, kwargs = _case_arrays(*GRAD_WEIGHT_EDGE_CASES[case], dtype)
     expected = reference.conv2d_backward(grad_y, x, weight, **kwargs)[1]
     results = []
     for share in (1.0, 0.0):  # never pad, pad wherever the stride is 1
@@ -785,11 +790,7 @@ def test_strided_scatter_grad_input(case, dtype, monkeypatch):
     from convkit import functional
 
     monkeypatch.setattr(functional, "_use_scatter_grad_input", lambda g, itemsize: True)
-    x_shape, w_shape, kwargs = STRIDED_SCATTER_CASES[case]
-    rng = np.random.default_rng(5)
-    x = rng.standard_normal(x_shape).astype(dtype)
-    weight = rng.standard_normal(w_shape).astype(dtype)
-    grad_y = rng.standard_normal(reference.conv2d(x, weight, **kwargs).shape).astype(dtype)
+    x, weight, grad_y, kwargs = _case_arrays(*STRIDED_SCATTER_CASES[case], dtype)
     grad_x = convkit.conv2d_backward(grad_y, x, weight, method="direct",
                                      output_mask=(True, False, False), **kwargs)[0]
     expected = reference.conv2d_backward(grad_y, x, weight, **kwargs)[0]
