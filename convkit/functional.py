@@ -596,11 +596,11 @@ def _grad_input_scatter(grad_output, weight, g, n_threads):
     rows = weight.reshape(G, Kg, Cg * RS).transpose(0, 2, 1)[:, :, :, None, None]
     wpk = _pack_weight(rows, pointwise, _conv.CHANNEL_BLOCK, n_threads)
     blocks = wpk.shape[1]
-    # Per thread: grad_output's channels, the columns, then col2im's plane
-    # of column phases at column strides above 1.
+    # Per thread: grad_output's channels, the columns, then, at column
+    # strides above 1, col2im's plane of column phases.
+    phases = g.H * (g.W + g.stride[1]) if g.stride[1] > 1 else 0
     scratch = _scratch("threads", (n_threads, Kg * L + 2 * _conv.PLANE_SLACK
-                                   + blocks * _conv.CHANNEL_BLOCK * L
-                                   + g.H * (g.W + g.stride[1])), weight.dtype)
+                                   + blocks * _conv.CHANNEL_BLOCK * L + phases), weight.dtype)
     grad_input = np.empty(g.input_shape, dtype=weight.dtype)
     (sh, sw), (dh, dw) = g.stride, g.dilation
     _conv.grad_input_scatter(grad_output.reshape(g.N, g.K, L), wpk,
@@ -670,38 +670,45 @@ def _grad_weight_direct(grad_output, x, g, n_threads):
     return grad_weight.reshape(g.weight_shape)
 
 
-@functools.lru_cache(maxsize=256)
-def _tap_rows_columns(g, dtype, padded):
-    """Where the taps of ``g`` read its input: (roff, soff, p_lo, p_hi, q_lo, q_hi, zeros).
+def _tap_offsets(g, padded):
+    """(roff, soff): tap t = r*S + s reads input row p*sh + roff[t], column q*sw + soff[t].
 
-    Tap t = r*S + s of output position (p, q) reads input row p*sh + roff[t]
-    and column q*sw + soff[t] (roff = r*dh - pt, soff = s*dw - pl); output
-    rows [p_lo, p_hi) and columns [q_lo, q_hi) read inside the input for
-    every tap. With ``padded`` (stride 1) the input is instead the
-    zero-padded copy of _phase_layout's planes, read without a check:
-    roff = r*dh, soff = s*dw. ``zeros`` stands in for a kernel row outside
-    the input (W of ``dtype``, read-only).
+    roff = r*dh - pt and soff = s*dw - pl; with ``padded`` (the zero-padded
+    copy of _phase_layout's planes, stride 1) pt = pl = 0.
     """
     (dh, dw), (pt, pl) = g.dilation, (g.padding[0][0], g.padding[1][0])
     if padded:
         pt = pl = 0
     r, s = np.divmod(np.arange(g.R * g.S, dtype=np.int64), g.S)
-    roff, soff = r * dh - pt, s * dw - pl
+    return r * dh - pt, s * dw - pl
 
-    def inside(offsets, stride, size, count):
-        # [lo, hi): the outputs i with 0 <= i*stride + offset < size for every offset.
-        lo = min(count, max(0, -(int(offsets.min()) // stride)))
-        return lo, min(count, max(lo, (size - 1 - int(offsets.max())) // stride + 1))
 
+def _inside(offsets, stride, size, count):
+    """[lo, hi): the outputs i < count with 0 <= i*stride + o < size for every offset o."""
+    lo = min(count, max(0, -(int(offsets.min()) // stride)))
+    return lo, min(count, max(lo, (size - 1 - int(offsets.max())) // stride + 1))
+
+
+@functools.lru_cache(maxsize=256)
+def _tap_rows_columns(g, dtype, padded):
+    """Where the taps of ``g`` read its input: (roff, soff, p_lo, p_hi, q_lo, q_hi, zeros).
+
+    roff and soff as in _tap_offsets; output rows [p_lo, p_hi) and columns
+    [q_lo, q_hi) read inside the input for every tap (all of them in the
+    ``padded`` copy, read without a check). ``zeros`` stands in for a kernel
+    row outside the input (W of ``dtype``, read-only).
+    """
+    roff, soff = _tap_offsets(g, padded)
     if padded:
         rows, cols = (0, g.P), (0, g.Q)
     else:
-        rows = inside(roff, g.stride[0], g.H, g.P)
-        cols = inside(soff, g.stride[1], g.W, g.Q)
+        rows = _inside(roff, g.stride[0], g.H, g.P)
+        cols = _inside(soff, g.stride[1], g.W, g.Q)
     return (_read_only(roff), _read_only(soff), *rows, *cols,
             _read_only(np.zeros(max(g.W, 1), dtype=dtype)))
 
 
+@functools.lru_cache(maxsize=256)
 def _pad_for_grad_weight(g):
     """Whether the channel-vector grad_weight reads a zero-padded copy of x.
 
@@ -716,7 +723,9 @@ def _pad_for_grad_weight(g):
     """
     if g.stride != (1, 1) or g.padding == ((0, 0), (0, 0)):
         return False
-    roff, soff, p_lo, p_hi, q_lo, q_hi, _ = _tap_rows_columns(g, np.float64, False)
+    roff, soff = _tap_offsets(g, False)
+    p_lo, p_hi = _inside(roff, 1, g.H, g.P)
+    q_lo, q_hi = _inside(soff, 1, g.W, g.Q)
     return (p_hi - p_lo) * (q_hi - q_lo) < (1 - _GW_EDGE_SHARE) * g.P * g.Q
 
 

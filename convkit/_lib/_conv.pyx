@@ -226,13 +226,13 @@ cdef extern from "_direct.h" nogil:
                                   int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
                                   const int64_t *, const int64_t *, int64_t, int64_t, int64_t,
                                   int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
-                                  int64_t, int64_t, const float *, int64_t, float *, int, int,
-                                  float *, int64_t)
+                                  int64_t, const float *, int64_t, float *, int, int, float *,
+                                  int64_t)
     ctypedef void (*ck_gwk_f64_t)(const double *, int64_t, int64_t, int64_t, const double *,
                                   int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
                                   const int64_t *, const int64_t *, int64_t, int64_t, int64_t,
                                   int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
-                                  int64_t, int64_t, const double *, int64_t, double *, int, int,
+                                  int64_t, const double *, int64_t, double *, int, int,
                                   double *, int64_t)
     ctypedef int (*ck_gwr_f32_t)(const float *, int64_t, int64_t, int64_t, const float *,
                                   int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
@@ -832,13 +832,13 @@ def grad_weight_channel_vector(const floating[:, :, ::1] gy,     # IN  (N, K, P*
         if floating is float:
             ck_kernels.gwk_f32(&gy[n0, g * Kg + blk * kb, 0], K * P * Q, P * Q, kcount,
                                &x[n0, g * Cg, 0], C * chan_stride, chan_stride, H, W, sh, sw,
-                               &roff[0], &soff[0], RS, col0, count, 0, n1 - n0, P, Q, p_lo,
+                               &roff[0], &soff[0], RS, col0, count, n1 - n0, P, Q, p_lo,
                                p_hi, q_lo, q_hi, &zrow[0], chunk_rows, work, 1, 1,
                                &gw[i, g * Kg + blk * kb, 0, 0], Cg * RS)
         else:
             ck_kernels.gwk_f64(&gy[n0, g * Kg + blk * kb, 0], K * P * Q, P * Q, kcount,
                                &x[n0, g * Cg, 0], C * chan_stride, chan_stride, H, W, sh, sw,
-                               &roff[0], &soff[0], RS, col0, count, 0, n1 - n0, P, Q, p_lo,
+                               &roff[0], &soff[0], RS, col0, count, n1 - n0, P, Q, p_lo,
                                p_hi, q_lo, q_hi, &zrow[0], chunk_rows, work, 1, 1,
                                &gw[i, g * Kg + blk * kb, 0, 0], Cg * RS)
 
@@ -922,7 +922,7 @@ def grad_input_scatter(const floating[:, :, ::1] gy,         # IN  (N, K, P*Q)
                        const floating[:, :, :, :, ::1] wpk,  # IN  (G, blocks, K/G, 1, CK_KB)
                        const floating[::1] zeros,            # IN  (CK_KB,) zeros
                        floating[:, :, :, ::1] gi,            # OUT (N, C, H, W)
-                       floating[:, ::1] scratch,  # (n_threads, K/G*P*Q + 2*CK_SLACK + blocks*CK_KB*P*Q + H*(W + sw))
+                       floating[:, ::1] scratch,  # (n_threads, K/G*P*Q + 2*CK_SLACK + blocks*CK_KB*P*Q [+ H*(W + sw) if sw > 1])
                        int64_t R, int64_t S, int64_t P, int64_t Q, int64_t sh, int64_t sw,
                        int64_t pt, int64_t pl, int64_t dh, int64_t dw, int n_threads):
     """grad_input as a product of the weights and grad_output, then col2im, per image.
@@ -1016,10 +1016,7 @@ def grad_input_scatter(const floating[:, :, ::1] gy,         # IN  (N, K, P*Q)
                         ih = p * sh - pt + r * dh
                         if ih < 0 or ih >= H:
                             continue
-                        if sw != 1:
-                            _scatter_strided(plane + ih * W, src + p * Q, 1, q_lo, q_hi, sw,
-                                             offset)
-                        elif floating is float:
+                        if floating is float:
                             ck_add_rows_f32(plane + ih * W + q_lo + offset, src + p * Q + q_lo,
                                             q_hi - q_lo)
                         else:

@@ -386,7 +386,7 @@ static inline int64_t ck_kvec_chunk(int64_t per_channel, int64_t Cg)
  * p, then q, in order, whatever the ISA or thread count, the padding's
  * terms included (gy * 0, as a packed zero-padded copy would give). scratch
  * holds ceil(ncols/TB)*TB*KBW + chunk_rows*Q*KBW elements. x points at
- * channel c_base of image 0, channels chan_stride apart. A sum may be split
+ * channel 0 of image 0, channels chan_stride apart. A sum may be split
  * over calls: `first` zeroes the accumulators, `last` writes gw, and calls
  * in between carry on. */
 /* (Helpers of CK_DEFINE_GRAD_WEIGHT_KVEC, using its TK_, KV_ and TB_.) */
@@ -425,7 +425,7 @@ static inline int64_t ck_kvec_chunk(int64_t per_channel, int64_t Cg)
                           int64_t kcount, const T *x, int64_t x_nstride,                \
                           int64_t chan_stride, int64_t H, int64_t W, int64_t sh,        \
                           int64_t sw, const int64_t *roff, const int64_t *soff,         \
-                          int64_t RS, int64_t col0, int64_t ncols, int64_t c_base,      \
+                          int64_t RS, int64_t col0, int64_t ncols,                      \
                           int64_t N, int64_t P, int64_t Q, int64_t p_lo, int64_t p_hi,  \
                           int64_t q_lo, int64_t q_hi,                                   \
                           const T *zrow, int64_t chunk_rows, T *scratch, int first,     \
@@ -462,11 +462,11 @@ static inline int64_t ck_kvec_chunk(int64_t per_channel, int64_t Cg)
                         int64_t col = col0 + b * TB + i;                                \
                         if (col >= col0 + ncols)                                        \
                             col = col0;                                                 \
-                        xc[i] = xn + (col / RS - c_base) * chan_stride;                 \
+                        xc[i] = xn + (col / RS) * chan_stride;                          \
                         ro[i] = roff[col % RS];                                         \
                         so[i] = soff[col % RS];                                         \
                         /* Tap i at output (p, q) reads xn[p*sh*W + q*sw + xd[i]]. */   \
-                        xd[i] = (col / RS - c_base) * chan_stride + ro[i] * W + so[i];  \
+                        xd[i] = (col / RS) * chan_stride + ro[i] * W + so[i];           \
                     }                                                                   \
                     /* Vector by vector: a whole-array copy becomes rep movs. */       \
                     for (i = 0; i < TB; i++)                                            \
@@ -1299,14 +1299,13 @@ typedef void (*ck_gw_f64_t)(const double *, int64_t, int64_t, int64_t, const dou
 typedef void (*ck_gwk_f32_t)(const float *, int64_t, int64_t, int64_t, const float *, int64_t,
                              int64_t, int64_t, int64_t, int64_t, int64_t, const int64_t *,
                              const int64_t *, int64_t, int64_t, int64_t, int64_t, int64_t,
-                             int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
-                             const float *, int64_t, float *, int, int, float *, int64_t);
+                             int64_t, int64_t, int64_t, int64_t, int64_t, const float *,
+                             int64_t, float *, int, int, float *, int64_t);
 typedef void (*ck_gwk_f64_t)(const double *, int64_t, int64_t, int64_t, const double *,
                              int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
                              const int64_t *, const int64_t *, int64_t, int64_t, int64_t,
                              int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
-                             int64_t, const double *, int64_t, double *, int, int, double *,
-                             int64_t);
+                             const double *, int64_t, double *, int, int, double *, int64_t);
 
 typedef int (*ck_gwr_f32_t)(const float *, int64_t, int64_t, int64_t, const float *, int64_t,
                              int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
