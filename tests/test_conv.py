@@ -797,6 +797,26 @@ def test_strided_scatter_grad_input(case, dtype, monkeypatch):
     assert_close(grad_x, expected, kind="grad", err_msg=case)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("groups", [1, 2])
+def test_scatter_grad_input_reads_beyond_a_task(groups, dtype, monkeypatch):
+    """The scatter form reads small tasks' grad_output in place; the kernel's
+    reads past a task's positions (49 here, no whole vector) see the next
+    task's values, which must not reach the task's result, even non-finite."""
+    from convkit import functional
+
+    monkeypatch.setattr(functional, "_use_scatter_grad_input", lambda g, itemsize: True)
+    x, weight, grad_y, kwargs = _case_arrays((3, 4, 9, 9), (8, 4 // groups, 3, 3),
+                                             dict(groups=groups), dtype)
+    grad_y[1, -1] = np.inf
+    grad_y[1, 0, 0, 0] = np.nan
+    grad_x = convkit.conv2d_backward(grad_y, x, weight, method="direct",
+                                     output_mask=(True, False, False), **kwargs)[0]
+    for n in (0, 2):
+        expected = reference.conv2d_backward(grad_y[n:n + 1], x[n:n + 1], weight, **kwargs)[0]
+        assert_close(grad_x[n:n + 1], expected, kind="grad", err_msg=f"image {n}")
+
+
 def test_grad_input_forms_are_both_exercised():
     """The CASES reach both the scatter (col2im) and the gather form of direct grad_input."""
     from convkit._validation import conv_geometry
@@ -814,7 +834,7 @@ def test_grad_input_forms_are_both_exercised():
 @pytest.mark.parametrize("shape, kb", [((1, 256, 40, 3, 3), 64), ((2, 7, 5, 2, 3), 4),
                                        ((3, 70, 3, 1, 1), 32), ((1, 5, 600, 1, 1), 8)],
                          ids=["wide_blocks", "tail_lanes", "groups_tail", "long_runs"])
-@pytest.mark.parametrize("view", ["contiguous", "flipped_swapped"])
+@pytest.mark.parametrize("view", ["contiguous", "flipped_swapped", "channels_last"])
 def test_pack_weights(shape, kb, view, dtype):
     """The weight packing kernel: a tile per block of kb output channels, zeros past K/G."""
     from convkit._lib import _conv
@@ -825,6 +845,11 @@ def test_pack_weights(shape, kb, view, dtype):
         # grad_input's kind of view: K/G and C/G swapped, taps flipped.
         w = rng.standard_normal(shape[:1] + shape[2:3] + shape[1:2] + shape[3:]).astype(dtype)
         w = w.transpose(0, 2, 1, 3, 4)[..., ::-1, ::-1]
+    elif view == "channels_last":
+        # Output channels adjacent (stride 1), as the scatter grad_input's
+        # transposed weights are: the packing's contiguous-run loop.
+        w = np.moveaxis(np.ascontiguousarray(np.moveaxis(w, 1, -1)), -1, 1)
+        assert w.strides[1] == w.itemsize
     G, Kg, Cg, R, S = w.shape
     blocks = -(-Kg // kb)
     expected = np.zeros((G, blocks * kb, Cg, R * S), dtype)
