@@ -50,6 +50,9 @@ _GW_MIN_TASKS = 8
 # It pads a copy of x at stride 1 where over this share of output positions
 # read the padding (see _pad_for_grad_weight).
 _GW_EDGE_SHARE = 0.2
+# Its wide variant runs output rows of at most this many columns (see
+# _use_wide_grad_weight).
+_GW_WIDE_MAX_COLUMNS = 8
 # grad_input runs as weights x grad_output then col2im where the gather
 # form would do at least this many times the real multiply-adds (or would
 # fill under one block of output channels), and an image's columns take at
@@ -729,6 +732,22 @@ def _pad_for_grad_weight(g):
     return (p_hi - p_lo) * (q_hi - q_lo) < (1 - _GW_EDGE_SHARE) * g.P * g.Q
 
 
+def _use_wide_grad_weight(g, itemsize):
+    """Whether the channel-vector grad_weight takes its wide variant (same sums).
+
+    On AVX-512 the wide variant holds 4 vectors of output channels x 6
+    columns, the other 2 x 12. Alternated call by call on a 2-core Zen 4
+    EPYC (float32, 2 threads, tools/ab.py), the wide one ran output rows of
+    7 or 8 faster: mnist-conv2 1.08-1.11x, 64x64x8x8 -> 64 (3x3, padding
+    1) 1.14-1.19x, 64x32x12x12 -> 128 (5x5) 1.13x, 8x512x7x7 -> 512
+    1.07x; rows of 14 and more slower: 0.91x (64x32x16x16 -> 64, 3x3),
+    0.97x (resnet-3x3-c256), 0.95x (16x64x28x28 -> 64), 0.91x (resnet-3x3).
+    It needs K/G to fill its block.
+    """
+    return (g.Q <= _GW_WIDE_MAX_COLUMNS
+            and g.K_per_group >= _conv.grad_weight_channel_block(itemsize, wide=True))
+
+
 def _grad_weight_channel_vector(grad_output, x, g, n_threads):
     """grad_weight with a block of output channels in the vector lanes (see _direct.h).
 
@@ -749,10 +768,11 @@ def _grad_weight_channel_vector(grad_output, x, g, n_threads):
     else:
         H, W = g.H, g.W
         image = x.reshape(N, g.C, H * W)
-    kb = _conv.grad_weight_channel_block(x.itemsize)
+    wide = _use_wide_grad_weight(g, x.itemsize)
+    kb = _conv.grad_weight_channel_block(x.itemsize, wide)
     blocks = -(-Kg // kb)
     ncols = g.C_per_group * g.R * g.S
-    tb = _conv.grad_weight_column_block()
+    tb = _conv.grad_weight_column_block(wide)
     column_blocks = -(-ncols // tb)
     splits = min(N, -(-_GW_MIN_TASKS // (G * blocks * column_blocks)))
     # Column runs only share out the work (every column is summed alone);
@@ -769,7 +789,7 @@ def _grad_weight_channel_vector(grad_output, x, g, n_threads):
     _conv.grad_weight_channel_vector(grad_output.reshape(N, g.K, g.P * g.Q), image, roff, soff,
                                      zeros, bounds, partial, scratch, H, W, g.P, g.Q, sh, sw,
                                      p_lo, p_hi, q_lo, q_hi, cols_per_task, chunk_rows,
-                                     n_threads)
+                                     wide, n_threads)
     grad_weight = partial[0].copy()
     for i in range(1, splits):
         grad_weight += partial[i]

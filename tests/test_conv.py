@@ -737,23 +737,33 @@ GRAD_WEIGHT_EDGE_CASES = {
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", GRAD_WEIGHT_EDGE_CASES)
 def test_grad_weight_in_place_and_padded(case, dtype, monkeypatch):
-    """Both ways give the reference's grad_weight, with the same bits."""
+    """Both ways and both kernel variants give the reference's grad_weight, with the same bits."""
     from convkit import functional
 
     x, weight, grad_y, kwargs = _case_arrays(*GRAD_WEIGHT_EDGE_CASES[case], dtype)
     expected = reference.conv2d_backward(grad_y, x, weight, **kwargs)[1]
     results = []
-    for share in (1.0, 0.0):  # never pad, pad wherever the stride is 1
+    for share, wide, threads in itertools.product((1.0, 0.0), (False, True), (1, 2)):
+        # share 1.0: never pad; 0.0: pad wherever the stride is 1.
         monkeypatch.setattr(functional, "_GW_EDGE_SHARE", share)
-        for threads in (1, 2):
-            with convkit.num_threads(threads):
-                grad_w = convkit.conv2d_backward(grad_y, x, weight, method="direct",
-                                                 output_mask=(False, True, False),
-                                                 **kwargs)[1]
-            assert_close(grad_w, expected, kind="grad", err_msg=f"{case} {share} {threads}")
-            results.append(grad_w)
+        monkeypatch.setattr(functional, "_use_wide_grad_weight", lambda g, itemsize: wide)
+        with convkit.num_threads(threads):
+            grad_w = convkit.conv2d_backward(grad_y, x, weight, method="direct",
+                                             output_mask=(False, True, False), **kwargs)[1]
+        assert_close(grad_w, expected, kind="grad", err_msg=f"{case} {share} {wide} {threads}")
+        results.append(grad_w)
     for grad_w in results[1:]:
         np.testing.assert_array_equal(grad_w, results[0], err_msg=case)
+
+
+def test_wide_grad_weight_for_short_rows_only():
+    """mnist-conv2 (8 output columns, 64 channels) takes the wide variant, resnet-3x3 (56) not."""
+    from convkit._validation import conv_geometry
+    from convkit.functional import _use_wide_grad_weight
+
+    assert _use_wide_grad_weight(conv_geometry((64, 32, 12, 12), (64, 32, 5, 5), 1, 0, 1, 1), 4)
+    assert not _use_wide_grad_weight(conv_geometry((8, 64, 56, 56), (64, 64, 3, 3), 1, 1, 1, 1),
+                                     4)
 
 
 def test_grad_weight_pads_small_maps_only():

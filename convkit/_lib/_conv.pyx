@@ -295,6 +295,11 @@ cdef extern from "_direct.h" nogil:
         ck_col2im_f64_t col2im_f64
         ck_col2ims_f32_t col2ims_f32
         ck_col2ims_f64_t col2ims_f64
+        ck_gwk_f32_t gwkw_f32
+        ck_gwk_f64_t gwkw_f64
+        int gwkw_f32_block
+        int gwkw_f64_block
+        int gwkw_cols
         ck_fwd_f32_t fwds_f32
         ck_fwd_f64_t fwds_f64
         ck_fwdw_f32_t fwdw_f32
@@ -332,14 +337,19 @@ def channel_vector_block(itemsize, wide=False):
     return ck_kernels.kvec_f32 if itemsize == 4 else ck_kernels.kvec_f64
 
 
-def grad_weight_channel_block(itemsize):
-    """Output channels in the lanes of the channel-vector grad_weight kernel (by dtype size)."""
+def grad_weight_channel_block(itemsize, wide=False):
+    """Output channels in the lanes of the channel-vector grad_weight kernel (by dtype size).
+
+    With ``wide``, of its wide variant (the same on ISAs that have none).
+    """
+    if wide:
+        return ck_kernels.gwkw_f32_block if itemsize == 4 else ck_kernels.gwkw_f64_block
     return ck_kernels.gwk_f32_block if itemsize == 4 else ck_kernels.gwk_f64_block
 
 
-def grad_weight_column_block():
+def grad_weight_column_block(wide=False):
     """Weight columns (c, r, s) per register block of the channel-vector grad_weight kernel."""
-    return ck_kernels.gwk_cols
+    return ck_kernels.gwkw_cols if wide else ck_kernels.gwk_cols
 
 
 def kvec_chunk_bytes():
@@ -800,7 +810,7 @@ def grad_weight_channel_vector(const floating[:, :, ::1] gy,     # IN  (N, K, P*
                                int64_t H, int64_t W, int64_t P, int64_t Q, int64_t sh,
                                int64_t sw, int64_t p_lo, int64_t p_hi, int64_t q_lo,
                                int64_t q_hi, int64_t cols_per_task, int64_t chunk_rows,
-                               int n_threads):
+                               bint wide, int n_threads):
     """gw[i, k, c, t] = sum over images [bounds[i], bounds[i+1]) and output
     positions of gy[n, g*K/G + k, pos] * tap t of channel c of group g.
 
@@ -809,7 +819,9 @@ def grad_weight_channel_vector(const floating[:, :, ::1] gy,     # IN  (N, K, P*
     0 in roff and soff). One task per (image run, group, block of
     grad_weight_channel_block() output channels, run of cols_per_task
     columns) sums its images in order, so the result does not depend on
-    the thread count or on cols_per_task. The kernel reads x in place (see
+    the thread count, on cols_per_task or on ``wide`` (the kernel's wide
+    variant, grad_weight_channel_block(itemsize, True) channels a block and
+    grad_weight_column_block(True) columns). The kernel reads x in place (see
     _direct.h): output rows [p_lo, p_hi) and columns [q_lo, q_hi) read
     inside the image for every tap. Each thread's scratch row holds the
     kernel's accumulators and transposed chunk of grad_output:
@@ -818,8 +830,13 @@ def grad_weight_channel_vector(const floating[:, :, ::1] gy,     # IN  (N, K, P*
     cdef int64_t N = x.shape[0], C = x.shape[1], chan_stride = x.shape[2]
     cdef int64_t splits = gw.shape[0], K = gw.shape[1], Cg = gw.shape[2], RS = gw.shape[3]
     cdef int64_t G = C // Cg, Kg = K // G, ncols = Cg * RS
-    cdef int64_t kb = (ck_kernels.gwk_f32_block if floating is float
-                       else ck_kernels.gwk_f64_block)
+    cdef ck_gwk_f32_t gwk_f32 = ck_kernels.gwkw_f32 if wide else ck_kernels.gwk_f32
+    cdef ck_gwk_f64_t gwk_f64 = ck_kernels.gwkw_f64 if wide else ck_kernels.gwk_f64
+    cdef int64_t kb
+    if floating is float:
+        kb = ck_kernels.gwkw_f32_block if wide else ck_kernels.gwk_f32_block
+    else:
+        kb = ck_kernels.gwkw_f64_block if wide else ck_kernels.gwk_f64_block
     cdef int64_t kblocks = (Kg + kb - 1) // kb
     cdef int64_t runs = (ncols + cols_per_task - 1) // cols_per_task
     cdef int64_t per_split = G * kblocks * runs
@@ -842,17 +859,17 @@ def grad_weight_channel_vector(const floating[:, :, ::1] gy,     # IN  (N, K, P*
             kcount = kb
         work = &scratch[omp_get_thread_num(), 0]
         if floating is float:
-            ck_kernels.gwk_f32(&gy[n0, g * Kg + blk * kb, 0], K * P * Q, P * Q, kcount,
-                               &x[n0, g * Cg, 0], C * chan_stride, chan_stride, H, W, sh, sw,
-                               &roff[0], &soff[0], RS, col0, count, n1 - n0, P, Q, p_lo,
-                               p_hi, q_lo, q_hi, &zrow[0], chunk_rows, work, 1, 1,
-                               &gw[i, g * Kg + blk * kb, 0, 0], Cg * RS)
+            gwk_f32(&gy[n0, g * Kg + blk * kb, 0], K * P * Q, P * Q, kcount,
+                    &x[n0, g * Cg, 0], C * chan_stride, chan_stride, H, W, sh, sw,
+                    &roff[0], &soff[0], RS, col0, count, n1 - n0, P, Q, p_lo,
+                    p_hi, q_lo, q_hi, &zrow[0], chunk_rows, work, 1, 1,
+                    &gw[i, g * Kg + blk * kb, 0, 0], Cg * RS)
         else:
-            ck_kernels.gwk_f64(&gy[n0, g * Kg + blk * kb, 0], K * P * Q, P * Q, kcount,
-                               &x[n0, g * Cg, 0], C * chan_stride, chan_stride, H, W, sh, sw,
-                               &roff[0], &soff[0], RS, col0, count, n1 - n0, P, Q, p_lo,
-                               p_hi, q_lo, q_hi, &zrow[0], chunk_rows, work, 1, 1,
-                               &gw[i, g * Kg + blk * kb, 0, 0], Cg * RS)
+            gwk_f64(&gy[n0, g * Kg + blk * kb, 0], K * P * Q, P * Q, kcount,
+                    &x[n0, g * Cg, 0], C * chan_stride, chan_stride, H, W, sh, sw,
+                    &roff[0], &soff[0], RS, col0, count, n1 - n0, P, Q, p_lo,
+                    p_hi, q_lo, q_hi, &zrow[0], chunk_rows, work, 1, 1,
+                    &gw[i, g * Kg + blk * kb, 0, 0], Cg * RS)
 
 
 def grad_weight_depthwise(const floating[:, :, :, ::1] gy,  # IN  (N, K, P, Q)

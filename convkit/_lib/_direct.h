@@ -1287,6 +1287,8 @@ CK_DEFINE_GRAD_WEIGHT(ck_gw_f64_avx512, double, 64, CK_GW_KB, 3, CK_AVX512)
 CK_DEFINE_GRAD_WEIGHT(ck_gw1_f64_avx512, double, 64, 1, 9, CK_AVX512)
 CK_DEFINE_GRAD_WEIGHT_KVEC(ck_gwk_f32_avx512, float, 64, 2, 12, CK_AVX512)
 CK_DEFINE_GRAD_WEIGHT_KVEC(ck_gwk_f64_avx512, double, 64, 2, 12, CK_AVX512)
+CK_DEFINE_GRAD_WEIGHT_KVEC(ck_gwkw_f32_avx512, float, 64, 4, 6, CK_AVX512)
+CK_DEFINE_GRAD_WEIGHT_KVEC(ck_gwkw_f64_avx512, double, 64, 4, 6, CK_AVX512)
 CK_DEFINE_GRAD_WEIGHT_ROWS(ck_gwr_f32_avx512, float, int32_t, 64, CK_AVX512)
 CK_DEFINE_GRAD_WEIGHT_ROWS(ck_gwr_f64_avx512, double, int64_t, 64, CK_AVX512)
 CK_DEFINE_NONFINITE(ck_nonfinite_f32_avx512, float, 64, CK_AVX512)
@@ -1398,6 +1400,12 @@ typedef struct {
     int fwd_short, fwds_one_tap, fwd_block_bytes, fwds_block_bytes;
     ck_col2ims_f32_t col2ims_f32; /* column stride above 1 */
     ck_col2ims_f64_t col2ims_f64;
+    /* gwk_* with wider blocks of channels and fewer columns (or gwk_* again):
+     * the same sums, for short output rows (see
+     * functional._grad_weight_channel_vector). */
+    ck_gwk_f32_t gwkw_f32;
+    ck_gwk_f64_t gwkw_f64;
+    int gwkw_f32_block, gwkw_f64_block, gwkw_cols;
 } ck_kernels_t;
 
 static ck_kernels_t ck_kernels = {
@@ -1408,7 +1416,7 @@ static ck_kernels_t ck_kernels = {
     ck_gwr_f32_base, ck_gwr_f64_base,
     ck_nonfinite_f32_base, ck_nonfinite_f64_base, ck_col2im_f32_base, ck_col2im_f64_base,
     ck_fwd_f32_base, ck_fwd_f64_base, ck_fwdw_f32_base, ck_fwdw_f64_base, CK_SHORT, 0, 32, 32,
-    ck_col2ims_f32_base, ck_col2ims_f64_base};
+    ck_col2ims_f32_base, ck_col2ims_f64_base, ck_gwk_f32_base, ck_gwk_f64_base, 8, 4, 6};
 
 /* Pick the widest variant this CPU runs; CONVKIT_ISA=avx2|baseline caps it. */
 static void ck_select_kernels(const char *cap)
@@ -1431,7 +1439,8 @@ static void ck_select_kernels(const char *cap)
                           ck_nonfinite_f64_avx512, ck_col2im_f32_avx512,
                           ck_col2im_f64_avx512, ck_fwds_f32_avx512, ck_fwds_f64_avx512,
                           ck_fwdw_f32_avx512, ck_fwdw_f64_avx512, CK_SHORT_AVX512,
-                          1, 192, 128, ck_col2ims_f32_avx512, ck_col2ims_f64_avx512};
+                          1, 192, 128, ck_col2ims_f32_avx512, ck_col2ims_f64_avx512,
+                          ck_gwkw_f32_avx512, ck_gwkw_f64_avx512, 64, 32, 6};
         ck_kernels = k;
         /* AMD family 19h with AVX-512 is Zen 4 (Zen 3 has none, Zen 5 is 1Ah):
          * its kernels run fastest summing every input channel in one pass. */
@@ -1450,7 +1459,8 @@ static void ck_select_kernels(const char *cap)
                           ck_nonfinite_f64_avx2, ck_col2im_f32_avx2,
                           ck_col2im_f64_avx2, ck_fwds_f32_avx2, ck_fwds_f64_avx2,
                           ck_fwdw_f32_avx2, ck_fwdw_f64_avx2, CK_SHORT, 0, 96, 32,
-                          ck_col2ims_f32_avx2, ck_col2ims_f64_avx2};
+                          ck_col2ims_f32_avx2, ck_col2ims_f64_avx2, ck_gwk_f32_avx2,
+                          ck_gwk_f64_avx2, 16, 8, 6};
         ck_kernels = k;
     }
 #else
