@@ -63,22 +63,23 @@
 #define CK_UNROLL
 #endif
 
-/* The first N (< 16) elements of type T from SRC to DST, in fixed-size
- * pieces (8, 4, 2, 1): GCC turns an element loop into a call of memcpy,
- * whose call and size dispatch cost more than these few stores (perf: 3.3%
- * of mnist-conv2's grad_input went to col2im's calls for its 12-wide rows). */
-#define CK_STORE_FIRST(T, DST, SRC, N)                                                 \
+/* The first N (< VL <= 16) elements of type T from SRC to DST, in
+ * fixed-size pieces (8, 4, 2, 1), none as wide as VL: GCC turns an element
+ * loop into a call of memcpy, whose call and size dispatch cost more than
+ * these few stores (perf: 3.3% of mnist-conv2's grad_input went to
+ * col2im's calls for its 12-wide rows). */
+#define CK_STORE_FIRST(T, VL, DST, SRC, N)                                             \
     do {                                                                               \
         int64_t n_ = (N), o_ = 0;                                                      \
-        if (n_ & 8) {                                                                  \
+        if ((VL) > 8 && (n_ & 8)) {                                                    \
             memcpy((DST) + o_, (SRC) + o_, 8 * sizeof(T));                             \
             o_ += 8;                                                                   \
         }                                                                              \
-        if (n_ & 4) {                                                                  \
+        if ((VL) > 4 && (n_ & 4)) {                                                    \
             memcpy((DST) + o_, (SRC) + o_, 4 * sizeof(T));                             \
             o_ += 4;                                                                   \
         }                                                                              \
-        if (n_ & 2) {                                                                  \
+        if ((VL) > 2 && (n_ & 2)) {                                                    \
             memcpy((DST) + o_, (SRC) + o_, 2 * sizeof(T));                             \
             o_ += 2;                                                                   \
         }                                                                              \
@@ -166,7 +167,7 @@
                             else if (j < grid_len) {                                   \
                                 T lanes[VL];                                           \
                                 memcpy(lanes, &r, sizeof(V));                          \
-                                CK_STORE_FIRST(T, o + j, lanes, grid_len - j);         \
+                                CK_STORE_FIRST(T, VL, o + j, lanes, grid_len - j);     \
                             }                                                          \
                         }                                                              \
                     }                                                                  \
@@ -241,17 +242,84 @@ static inline int64_t ck_kvec_chunk(int64_t per_channel, int64_t Cg)
     return cb < 1 ? 1 : cb > Cg ? Cg : cb;
 }
 
+/* One block of QBX output positions from j0 (count of them real) of
+ * CK_DEFINE_FORWARD_KVEC, every input channel of the pass [c0, c1). */
+#define CK_KVEC_POSITIONS(QBX)                                                         \
+    do {                                                                               \
+        int64_t pos[QBX], count = npos - j0 < (QBX) ? npos - j0 : (QBX);               \
+        V acc[QBX][KV_];                                                               \
+        TK_ *part = grid + j0 * KBW;                                                   \
+        for (i = 0; i < (QBX); i++) {                                                  \
+            int64_t j = j0 + (i < count ? i : 0);                                      \
+            pos[i] = (j / Q) * Wph + j % Q;                                            \
+            for (v = 0; v < KV_; v++) {                                                \
+                if (c0 == 0)                                                           \
+                    acc[i][v] = (V){0};                                                \
+                else                                                                   \
+                    memcpy(&acc[i][v], part + i * KBW + v * VL, sizeof(V));            \
+            }                                                                          \
+        }                                                                              \
+        int64_t t_lo = 0, t_hi = RS;                                                   \
+        if (rows >= 0) {                                                               \
+            /* Kernel rows r read plane rows p + r*dh; skip those reading              \
+             * only zero padding for every row p of this block. */                     \
+            int64_t pa = j0 / Q, pb = (j0 + count - 1) / Q;                            \
+            int64_t lo = row_lo - pb, hi = row_lo + rows - 1 - pa;                     \
+            int64_t r_lo = lo <= 0 ? 0 : (lo + dh - 1) / dh;                           \
+            int64_t r_hi = hi < 0 ? 0 : hi / dh + 1;                                   \
+            if (r_hi > RS / S)                                                         \
+                r_hi = RS / S;                                                         \
+            t_lo = r_lo * S;                                                           \
+            t_hi = r_hi > r_lo ? r_hi * S : t_lo;                                      \
+        }                                                                              \
+        for (c = c0; c < c1; c++) {                                                    \
+            const TK_ *xc = x + c * chan_stride;                                       \
+            const TK_ *wc = w + c * RS * KBW;                                          \
+            for (t = t_lo; t < t_hi; t++) {                                            \
+                const TK_ *xt = xc + tap_off[t];                                       \
+                V wv[KV_];                                                             \
+                for (v = 0; v < KV_; v++)                                              \
+                    memcpy(&wv[v], wc + t * KBW + v * VL, sizeof(V));                  \
+                for (i = 0; i < (QBX); i++) {                                          \
+                    TK_ xs = xt[pos[i]];                                               \
+                    for (v = 0; v < KV_; v++)                                          \
+                        acc[i][v] += wv[v] * xs;                                       \
+                }                                                                      \
+            }                                                                          \
+        }                                                                              \
+        if (c1 < Cg) {                                                                 \
+            /* A partial sum, stored exactly: the next chunk goes on                   \
+             * from it, so the sum's order is that of one pass. */                     \
+            for (i = 0; i < (QBX); i++)                                                \
+                for (v = 0; v < KV_; v++)                                              \
+                    memcpy(part + i * KBW + v * VL, &acc[i][v], sizeof(V));            \
+        } else                                                                         \
+            for (i = 0; i < count; i++) {                                              \
+                TK_ *o = out + ((j0 + i) / Q) * out_rstride + ((j0 + i) % Q) * out_cstride; \
+                for (v = 0; v < KV_; v++) {                                            \
+                    TK_ lanes[VL];                                                     \
+                    memcpy(lanes, &acc[i][v], sizeof(lanes));                          \
+                    for (l = 0; l < VL && v * VL + l < kcount; l++)                    \
+                        o[(v * VL + l) * out_kstride] = lanes[l] + bias[v * VL + l];   \
+                }                                                                      \
+            }                                                                          \
+    } while (0)
+
 /* Channel-vector forward: a block of VL*KV output channels lies in the vector
  * lanes and QB output positions are enumerated exactly (p*Q + q, across
- * rows), so no grid column is wasted; input values are broadcast. With
+ * rows), so no grid column is wasted; input values are broadcast. A last
+ * block of at most QT positions takes a register block of QT (mnist-conv2's
+ * 64 positions: 10 blocks of 6 and one of 4, where a block of 6 would
+ * compute 2 in vain). With
  * rows >= 0 (a stride-1 layout whose plane rows [row_lo, row_lo + rows) hold
  * the input, the rest zero padding), kernel rows that read only padding for
  * every position of a block are skipped: the transposed convolutions of
  * grad_input on small maps are mostly padding. The sum
- * over (c, t) runs in the same order as in CK_DEFINE_FORWARD. Weights are
+ * over (c, t) runs in the same order as in CK_DEFINE_FORWARD, whatever the
+ * block. Weights are
  * packed [c][t][VL*KV]. Worth it where the grid wastes much (Wph - Q large
  * against Q) and C*R*S is large enough to hide the transposed stores. */
-#define CK_DEFINE_FORWARD_KVEC(NAME, T, VBYTES, KV, QB, ATTR)                          \
+#define CK_DEFINE_FORWARD_KVEC(NAME, T, VBYTES, KV, QB, QT, ATTR)                      \
     ATTR static void NAME(const T *x, const T *w, const int64_t *tap_off,              \
                           int64_t Cg, int64_t RS, int64_t chan_stride,                 \
                           int64_t Wph, int64_t Q, int64_t P, T *grid, int64_t gstride, \
@@ -261,72 +329,21 @@ static inline int64_t ck_kvec_chunk(int64_t per_channel, int64_t Cg)
                           int64_t rows)                                                \
     {                                                                                  \
         typedef T V __attribute__((vector_size(VBYTES)));                              \
-        enum { VL = VBYTES / sizeof(T), KBW = VL * KV };                               \
+        typedef T TK_;                                                                 \
+        enum { VL = VBYTES / sizeof(T), KBW = VL * KV, KV_ = KV };                     \
         int64_t j0, i, c, c0, c1, t, v, l, npos = P * Q;                               \
         int64_t cb = ck_kvec_chunk(RS * KBW * (int64_t)sizeof(T), Cg);                 \
         (void)gstride;                                                                 \
         for (c0 = 0; c0 < Cg; c0 = c1) {                                               \
             c1 = c0 + cb < Cg ? c0 + cb : Cg;                                          \
-            for (j0 = 0; j0 < npos; j0 += QB) {                                        \
-                int64_t pos[QB], count = npos - j0 < QB ? npos - j0 : QB;              \
-                V acc[QB][KV];                                                         \
-                T *part = grid + j0 * KBW;                                             \
-                for (i = 0; i < QB; i++) {                                             \
-                    int64_t j = j0 + (i < count ? i : 0);                              \
-                    pos[i] = (j / Q) * Wph + j % Q;                                    \
-                    for (v = 0; v < KV; v++) {                                         \
-                        if (c0 == 0)                                                   \
-                            acc[i][v] = (V){0};                                        \
-                        else                                                           \
-                            memcpy(&acc[i][v], part + i * KBW + v * VL, sizeof(V));    \
-                    }                                                                  \
+            for (j0 = 0; j0 < npos;)                                                   \
+                if ((QT) < (QB) && npos - j0 <= (QT)) {                                \
+                    CK_KVEC_POSITIONS(QT);                                             \
+                    j0 += (QT);                                                        \
+                } else {                                                               \
+                    CK_KVEC_POSITIONS(QB);                                             \
+                    j0 += (QB);                                                        \
                 }                                                                      \
-                int64_t t_lo = 0, t_hi = RS;                                           \
-                if (rows >= 0) {                                                       \
-                    /* Kernel rows r read plane rows p + r*dh; skip those reading    \
-                     * only zero padding for every row p of this block. */           \
-                    int64_t pa = j0 / Q, pb = (j0 + count - 1) / Q;                    \
-                    int64_t lo = row_lo - pb, hi = row_lo + rows - 1 - pa;             \
-                    int64_t r_lo = lo <= 0 ? 0 : (lo + dh - 1) / dh;                   \
-                    int64_t r_hi = hi < 0 ? 0 : hi / dh + 1;                           \
-                    if (r_hi > RS / S)                                                 \
-                        r_hi = RS / S;                                                 \
-                    t_lo = r_lo * S;                                                   \
-                    t_hi = r_hi > r_lo ? r_hi * S : t_lo;                              \
-                }                                                                      \
-                for (c = c0; c < c1; c++) {                                            \
-                    const T *xc = x + c * chan_stride;                                 \
-                    const T *wc = w + c * RS * KBW;                                    \
-                    for (t = t_lo; t < t_hi; t++) {                                    \
-                        const T *xt = xc + tap_off[t];                                 \
-                        V wv[KV];                                                      \
-                        for (v = 0; v < KV; v++)                                       \
-                            memcpy(&wv[v], wc + t * KBW + v * VL, sizeof(V));          \
-                        for (i = 0; i < QB; i++) {                                     \
-                            T xs = xt[pos[i]];                                         \
-                            for (v = 0; v < KV; v++)                                   \
-                                acc[i][v] += wv[v] * xs;                               \
-                        }                                                              \
-                    }                                                                  \
-                }                                                                      \
-                if (c1 < Cg) {                                                         \
-                    /* A partial sum, stored exactly: the next chunk goes on       \
-                     * from it, so the sum's order is that of one pass. */         \
-                    for (i = 0; i < QB; i++)                                           \
-                        for (v = 0; v < KV; v++)                                       \
-                            memcpy(part + i * KBW + v * VL, &acc[i][v], sizeof(V));    \
-                    continue;                                                          \
-                }                                                                      \
-                for (i = 0; i < count; i++) {                                          \
-                    T *o = out + ((j0 + i) / Q) * out_rstride + ((j0 + i) % Q) * out_cstride;  \
-                    for (v = 0; v < KV; v++) {                                         \
-                        T lanes[VL];                                                   \
-                        memcpy(lanes, &acc[i][v], sizeof(lanes));                      \
-                        for (l = 0; l < VL && v * VL + l < kcount; l++)                \
-                            o[(v * VL + l) * out_kstride] = lanes[l] + bias[v * VL + l];   \
-                    }                                                                  \
-                }                                                                      \
-            }                                                                          \
         }                                                                              \
     }
 
@@ -836,7 +853,7 @@ CK_DEFINE_ADD_ROWS(ck_add_rows_f64, double)
                     } else {                                                              \
                         T lanes[VL];                                                      \
                         memcpy(lanes, &sum, sizeof(lanes));                               \
-                        CK_STORE_FIRST(T, row + start, lanes, W - start);                 \
+                        CK_STORE_FIRST(T, VL, row + start, lanes, W - start);             \
                     }                                                                     \
                 }                                                                         \
                 if (start != w0)                                                          \
@@ -1224,8 +1241,8 @@ CK_DEFINE_FORWARD(ck_fwd_f32_base, float, 16, CK_KB, CK_KB, 2, CK_BASE)
 CK_DEFINE_FORWARD(ck_fwd_f64_base, double, 16, CK_KB, CK_KB, 2, CK_BASE)
 CK_DEFINE_FORWARD(ck_fwd1_f32_base, float, 16, 1, 1, 4, CK_BASE)
 CK_DEFINE_FORWARD(ck_fwd1_f64_base, double, 16, 1, 1, 4, CK_BASE)
-CK_DEFINE_FORWARD_KVEC(ck_fwdk_f32_base, float, 16, 4, 3, CK_BASE)
-CK_DEFINE_FORWARD_KVEC(ck_fwdk_f64_base, double, 16, 4, 3, CK_BASE)
+CK_DEFINE_FORWARD_KVEC(ck_fwdk_f32_base, float, 16, 4, 3, 3, CK_BASE)
+CK_DEFINE_FORWARD_KVEC(ck_fwdk_f64_base, double, 16, 4, 3, 3, CK_BASE)
 CK_DEFINE_GRAD_WEIGHT(ck_gw_f32_base, float, 16, CK_GW_KB, 2, CK_BASE)
 CK_DEFINE_GRAD_WEIGHT(ck_gw1_f32_base, float, 16, 1, 9, CK_BASE)
 CK_DEFINE_GRAD_WEIGHT(ck_gw_f64_base, double, 16, CK_GW_KB, 2, CK_BASE)
@@ -1251,8 +1268,8 @@ CK_DEFINE_FORWARD(ck_fwds_f32_avx2, float, 32, CK_KB, CK_KB, 1, CK_AVX2)
 CK_DEFINE_FORWARD(ck_fwds_f64_avx2, double, 32, CK_KB, CK_KB, 1, CK_AVX2)
 CK_DEFINE_FORWARD(ck_fwd1_f32_avx2, float, 32, 1, 1, 4, CK_AVX2)
 CK_DEFINE_FORWARD(ck_fwd1_f64_avx2, double, 32, 1, 1, 4, CK_AVX2)
-CK_DEFINE_FORWARD_KVEC(ck_fwdk_f32_avx2, float, 32, 2, 6, CK_AVX2)
-CK_DEFINE_FORWARD_KVEC(ck_fwdk_f64_avx2, double, 32, 2, 6, CK_AVX2)
+CK_DEFINE_FORWARD_KVEC(ck_fwdk_f32_avx2, float, 32, 2, 6, 4, CK_AVX2)
+CK_DEFINE_FORWARD_KVEC(ck_fwdk_f64_avx2, double, 32, 2, 6, 4, CK_AVX2)
 CK_DEFINE_GRAD_WEIGHT(ck_gw_f32_avx2, float, 32, CK_GW_KB, 2, CK_AVX2)
 CK_DEFINE_GRAD_WEIGHT(ck_gw1_f32_avx2, float, 32, 1, 9, CK_AVX2)
 CK_DEFINE_GRAD_WEIGHT(ck_gw_f64_avx2, double, 32, CK_GW_KB, 2, CK_AVX2)
@@ -1275,12 +1292,12 @@ CK_DEFINE_FORWARD(ck_fwds_f32_avx512, float, 64, CK_KB, CK_KB, 2, CK_AVX512)
 CK_DEFINE_FORWARD(ck_fwds_f64_avx512, double, 64, CK_KB, CK_KB, 2, CK_AVX512)
 CK_DEFINE_FORWARD(ck_fwd1_f32_avx512, float, 64, 1, 1, 8, CK_AVX512)
 CK_DEFINE_FORWARD(ck_fwd1_f64_avx512, double, 64, 1, 1, 8, CK_AVX512)
-CK_DEFINE_FORWARD_KVEC(ck_fwdk_f32_avx512, float, 64, 2, 8, CK_AVX512)
-CK_DEFINE_FORWARD_KVEC(ck_fwdk_f64_avx512, double, 64, 2, 8, CK_AVX512)
+CK_DEFINE_FORWARD_KVEC(ck_fwdk_f32_avx512, float, 64, 2, 8, 4, CK_AVX512)
+CK_DEFINE_FORWARD_KVEC(ck_fwdk_f64_avx512, double, 64, 2, 8, 4, CK_AVX512)
 /* Wide blocks (4 vectors of channels x 6 positions) load fewer values per
  * multiply-add where K/G fills them. */
-CK_DEFINE_FORWARD_KVEC(ck_fwdkw_f32_avx512, float, 64, 4, 6, CK_AVX512)
-CK_DEFINE_FORWARD_KVEC(ck_fwdkw_f64_avx512, double, 64, 4, 6, CK_AVX512)
+CK_DEFINE_FORWARD_KVEC(ck_fwdkw_f32_avx512, float, 64, 4, 6, 4, CK_AVX512)
+CK_DEFINE_FORWARD_KVEC(ck_fwdkw_f64_avx512, double, 64, 4, 6, 4, CK_AVX512)
 CK_DEFINE_GRAD_WEIGHT(ck_gw_f32_avx512, float, 64, CK_GW_KB, 3, CK_AVX512)
 CK_DEFINE_GRAD_WEIGHT(ck_gw1_f32_avx512, float, 64, 1, 9, CK_AVX512)
 CK_DEFINE_GRAD_WEIGHT(ck_gw_f64_avx512, double, 64, CK_GW_KB, 3, CK_AVX512)
