@@ -956,11 +956,12 @@ def grad_input_scatter(const floating[:, :, ::1] gy,         # IN  (N, K, P*Q)
                        int64_t pt, int64_t pl, int64_t dh, int64_t dw, int n_threads):
     """grad_input as a product of the weights and grad_output, then col2im, per image.
 
-    One task per (image, group): grad_output's K/G channels are copied into
-    the thread's scratch; the grid kernel, run as a 1x1 convolution, turns
-    them into the image's columns cols[(c*R + r)*S + s][p*Q + q] =
-    sum_k w[k][c][r][s] * gy[k][p][q] (every multiply-add a real one, none
-    on padding), kept in cache; these are then added to the input pixels
+    One task per (image, group): grad_output's K/G channels are read in
+    place (up to 16 KB) or copied into the thread's scratch; the grid
+    kernel, run as a 1x1 convolution, turns them into the image's columns
+    cols[(c*R + r)*S + s][p*Q + q] = sum_k w[k][c][r][s] * gy[k][p][q]
+    (every multiply-add a real one, none on padding), kept in cache; these
+    are then added to the input pixels
     they came from, in a fixed order. Pays where the gather form of
     grad_input would mostly multiply padding (small maps, large kernels).
     """
