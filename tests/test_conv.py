@@ -809,20 +809,24 @@ def test_strided_scatter_grad_input(case, dtype, monkeypatch):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("groups", [1, 2])
-def test_scatter_grad_input_reads_beyond_a_task(groups, dtype, monkeypatch):
+@pytest.mark.parametrize("x_shape, K", [((3, 4, 9, 9), 8), ((40, 4, 4, 4), 2)],
+                         ids=["49_positions", "tiny_tasks"])
+def test_scatter_grad_input_reads_beyond_a_task(x_shape, K, groups, dtype, monkeypatch):
     """The scatter form reads small tasks' grad_output in place; the kernel's
-    reads past a task's positions (49 here, no whole vector) see the next
-    task's values, which must not reach the task's result, even non-finite."""
+    reads past a task's positions (49, or 4 of tiny tasks whose reads span
+    several tasks, no whole vector) see the next tasks' values, which must
+    not reach the task's result, even non-finite, nor leave the array
+    (tools/sanitize.sh checks that)."""
     from convkit import functional
 
     monkeypatch.setattr(functional, "_use_scatter_grad_input", lambda g, itemsize: True)
-    x, weight, grad_y, kwargs = _case_arrays((3, 4, 9, 9), (8, 4 // groups, 3, 3),
+    x, weight, grad_y, kwargs = _case_arrays(x_shape, (K, 4 // groups, 3, 3),
                                              dict(groups=groups), dtype)
     grad_y[1, -1] = np.inf
     grad_y[1, 0, 0, 0] = np.nan
     grad_x = convkit.conv2d_backward(grad_y, x, weight, method="direct",
                                      output_mask=(True, False, False), **kwargs)[0]
-    for n in (0, 2):
+    for n in (0, 2, x_shape[0] - 1):
         expected = reference.conv2d_backward(grad_y[n:n + 1], x[n:n + 1], weight, **kwargs)[0]
         assert_close(grad_x[n:n + 1], expected, kind="grad", err_msg=f"image {n}")
 

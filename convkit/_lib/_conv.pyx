@@ -988,10 +988,10 @@ def grad_input_scatter(const floating[:, :, ::1] gy,         # IN  (N, K, P*Q)
         own = &scratch[omp_get_thread_num(), 0]
         cols = own + Kg * L + CK_SLACK
         gys = own
-        if in_place and task < N * G - 1:
+        if in_place and (N * G - 1 - task) * Kg * L >= CK_SLACK:
             # The kernel's reads past the task's channels (its last vector
-            # of positions) land in the next task's, inside gy; only their
-            # own lanes, never stored, use them.
+            # of positions, under CK_SLACK elements) land in the tasks after
+            # it, inside gy; only their own lanes, never stored, use them.
             gys = &gy[n, g * Kg, 0]
         else:
             # A copy, read in a single stream, where the kernel would read
