@@ -692,6 +692,14 @@ def _inside(offsets, stride, size, count):
     return lo, min(count, max(lo, (size - 1 - int(offsets.max())) // stride + 1))
 
 
+def _inside_rows_columns(g, padded):
+    """(p_lo, p_hi, q_lo, q_hi): output rows and columns every tap reads inside the input."""
+    if padded:
+        return 0, g.P, 0, g.Q
+    roff, soff = _tap_offsets(g, False)
+    return (*_inside(roff, g.stride[0], g.H, g.P), *_inside(soff, g.stride[1], g.W, g.Q))
+
+
 @functools.lru_cache(maxsize=256)
 def _tap_rows_columns(g, dtype, padded):
     """Where the taps of ``g`` read its input: (roff, soff, p_lo, p_hi, q_lo, q_hi, zeros).
@@ -702,12 +710,7 @@ def _tap_rows_columns(g, dtype, padded):
     row outside the input (W of ``dtype``, read-only).
     """
     roff, soff = _tap_offsets(g, padded)
-    if padded:
-        rows, cols = (0, g.P), (0, g.Q)
-    else:
-        rows = _inside(roff, g.stride[0], g.H, g.P)
-        cols = _inside(soff, g.stride[1], g.W, g.Q)
-    return (_read_only(roff), _read_only(soff), *rows, *cols,
+    return (_read_only(roff), _read_only(soff), *_inside_rows_columns(g, padded),
             _read_only(np.zeros(max(g.W, 1), dtype=dtype)))
 
 
@@ -726,9 +729,7 @@ def _pad_for_grad_weight(g):
     """
     if g.stride != (1, 1) or g.padding == ((0, 0), (0, 0)):
         return False
-    roff, soff = _tap_offsets(g, False)
-    p_lo, p_hi = _inside(roff, 1, g.H, g.P)
-    q_lo, q_hi = _inside(soff, 1, g.W, g.Q)
+    p_lo, p_hi, q_lo, q_hi = _inside_rows_columns(g, False)
     return (p_hi - p_lo) * (q_hi - q_lo) < (1 - _GW_EDGE_SHARE) * g.P * g.Q
 
 

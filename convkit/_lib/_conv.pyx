@@ -226,14 +226,13 @@ cdef extern from "_direct.h" nogil:
                                   int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
                                   const int64_t *, const int64_t *, int64_t, int64_t, int64_t,
                                   int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
-                                  int64_t, const float *, int64_t, float *, int, int, float *,
-                                  int64_t)
+                                  int64_t, const float *, int64_t, float *, float *, int64_t)
     ctypedef void (*ck_gwk_f64_t)(const double *, int64_t, int64_t, int64_t, const double *,
                                   int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
                                   const int64_t *, const int64_t *, int64_t, int64_t, int64_t,
                                   int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
-                                  int64_t, const double *, int64_t, double *, int, int,
-                                  double *, int64_t)
+                                  int64_t, const double *, int64_t, double *, double *,
+                                  int64_t)
     ctypedef int (*ck_gwr_f32_t)(const float *, int64_t, int64_t, int64_t, const float *,
                                   int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
                                   int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
@@ -862,13 +861,13 @@ def grad_weight_channel_vector(const floating[:, :, ::1] gy,     # IN  (N, K, P*
             gwk_f32(&gy[n0, g * Kg + blk * kb, 0], K * P * Q, P * Q, kcount,
                     &x[n0, g * Cg, 0], C * chan_stride, chan_stride, H, W, sh, sw,
                     &roff[0], &soff[0], RS, col0, count, n1 - n0, P, Q, p_lo,
-                    p_hi, q_lo, q_hi, &zrow[0], chunk_rows, work, 1, 1,
+                    p_hi, q_lo, q_hi, &zrow[0], chunk_rows, work,
                     &gw[i, g * Kg + blk * kb, 0, 0], Cg * RS)
         else:
             gwk_f64(&gy[n0, g * Kg + blk * kb, 0], K * P * Q, P * Q, kcount,
                     &x[n0, g * Cg, 0], C * chan_stride, chan_stride, H, W, sh, sw,
                     &roff[0], &soff[0], RS, col0, count, n1 - n0, P, Q, p_lo,
-                    p_hi, q_lo, q_hi, &zrow[0], chunk_rows, work, 1, 1,
+                    p_hi, q_lo, q_hi, &zrow[0], chunk_rows, work,
                     &gw[i, g * Kg + blk * kb, 0, 0], Cg * RS)
 
 

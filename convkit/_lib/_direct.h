@@ -428,9 +428,7 @@ static inline int64_t ck_kvec_chunk(int64_t per_channel, int64_t Cg)
  * p, then q, in order, whatever the ISA or thread count, the padding's
  * terms included (gy * 0, as a packed zero-padded copy would give). scratch
  * holds ceil(ncols/TB)*TB*KBW + chunk_rows*Q*KBW elements. x points at
- * channel 0 of image 0, channels chan_stride apart. A sum may be split
- * over calls: `first` zeroes the accumulators, `last` writes gw, and calls
- * in between carry on. */
+ * channel 0 of image 0, channels chan_stride apart. */
 /* (Helpers of CK_DEFINE_GRAD_WEIGHT_KVEC, using its TK_, KV_ and TB_.) */
 #define CK_GWK_TERM(XS)                                                                 \
     do {                                                                                \
@@ -470,8 +468,8 @@ static inline int64_t ck_kvec_chunk(int64_t per_channel, int64_t Cg)
                           int64_t RS, int64_t col0, int64_t ncols,                      \
                           int64_t N, int64_t P, int64_t Q, int64_t p_lo, int64_t p_hi,  \
                           int64_t q_lo, int64_t q_hi,                                   \
-                          const T *zrow, int64_t chunk_rows, T *scratch, int first,     \
-                          int last, T *gw, int64_t gw_kstride)                          \
+                          const T *zrow, int64_t chunk_rows, T *scratch, T *gw,         \
+                          int64_t gw_kstride)                                           \
     {                                                                                   \
         typedef T V __attribute__((vector_size(VBYTES)));                               \
         typedef T TK_;                                                                  \
@@ -479,8 +477,7 @@ static inline int64_t ck_kvec_chunk(int64_t per_channel, int64_t Cg)
         int64_t nblk = (ncols + TB - 1) / TB;                                           \
         int64_t n, p0, p1, p, q, b, i, v, l, k, j, npos;                                \
         T *gt = scratch + nblk * TB * KBW;                                              \
-        if (first)                                                                      \
-            memset(scratch, 0, (size_t)(nblk * TB * KBW) * sizeof(T));                  \
+        memset(scratch, 0, (size_t)(nblk * TB * KBW) * sizeof(T));                      \
         for (n = 0; n < N; n++) {                                                       \
             const T *xn = x + n * x_nstride;                                            \
             for (p0 = 0; p0 < P; p0 = p1) {                                             \
@@ -538,8 +535,6 @@ static inline int64_t ck_kvec_chunk(int64_t per_channel, int64_t Cg)
                 }                                                                       \
             }                                                                           \
         }                                                                               \
-        if (!last)                                                                      \
-            return;                                                                     \
         for (i = 0; i < ncols; i++)                                                     \
             for (v = 0; v < KV; v++)                                                    \
                 for (l = 0; l < VL && v * VL + l < kcount; l++)                         \
@@ -1343,12 +1338,12 @@ typedef void (*ck_gwk_f32_t)(const float *, int64_t, int64_t, int64_t, const flo
                              int64_t, int64_t, int64_t, int64_t, int64_t, const int64_t *,
                              const int64_t *, int64_t, int64_t, int64_t, int64_t, int64_t,
                              int64_t, int64_t, int64_t, int64_t, int64_t, const float *,
-                             int64_t, float *, int, int, float *, int64_t);
+                             int64_t, float *, float *, int64_t);
 typedef void (*ck_gwk_f64_t)(const double *, int64_t, int64_t, int64_t, const double *,
                              int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
                              const int64_t *, const int64_t *, int64_t, int64_t, int64_t,
                              int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
-                             const double *, int64_t, double *, int, int, double *, int64_t);
+                             const double *, int64_t, double *, double *, int64_t);
 
 typedef int (*ck_gwr_f32_t)(const float *, int64_t, int64_t, int64_t, const float *, int64_t,
                              int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
