@@ -239,6 +239,29 @@ def test_im2col_col2im_bad_input_raises(module, call, error, fragments):
     _check_raises(call, module, error, fragments)
 
 
+@pytest.mark.parametrize("name, good, bad", [
+    ("stride", 1, True), ("stride", (1, 2), (True, 2)), ("dilation", 1, np.True_),
+    ("padding", 1, True), ("padding", ((1, 0), (0, 1)), ((True, 0), (0, 1))),
+    ("groups", 2, True), ("stride", 1, 1.0),
+])
+def test_cached_geometry_still_refuses_lookalikes(name, good, bad):
+    """conv_geometry caches plain arguments; one equal to a cached one but of a refused
+    type (True == 1 and hashes alike) must still raise, call after call."""
+    from convkit._validation import conv_geometry
+
+    args = dict(stride=1, padding=0, dilation=1, groups=2)
+    args[name] = good
+    g = conv_geometry(X_SHAPE, W_SHAPE, **args)
+    assert conv_geometry(X_SHAPE, W_SHAPE, **args) is g
+    args[name] = bad
+    for _ in range(2):
+        with pytest.raises(TypeError, match=name):
+            conv_geometry(X_SHAPE, W_SHAPE, **args)
+    # NumPy integers are accepted, uncached, with the same geometry.
+    args[name] = np.int64(good) if isinstance(good, int) else good
+    assert conv_geometry(X_SHAPE, W_SHAPE, **args) == g
+
+
 # ---------------------------------------------------------------- empty batch
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
