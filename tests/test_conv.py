@@ -845,6 +845,32 @@ def test_grad_input_forms_are_both_exercised():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("C, R", [(64, 1), (40, 3), (3, 3)], ids=["one_tap", "long", "short"])
+def test_grid_forward_kernels_agree(C, R, dtype):
+    """The grid forward's register blocks (fwd, fwds, fwdq) give every output the same bits.
+
+    The kernel is picked by the grid's length, so the first rows of a taller
+    image come from another kernel than the image cut to those rows.
+    """
+    from convkit._lib import _conv
+
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((2, C, 18, 8)).astype(dtype)
+    w = rng.standard_normal((9, C, R, R)).astype(dtype)
+    itemsize = np.dtype(dtype).itemsize
+    kinds = set()
+    full = convkit.conv2d(x, w, method="direct")
+    for rows in range(R, 19):
+        kinds.add(_conv.forward_kind(C * R * R, R * R, (rows - R + 1) * 8, itemsize))
+        part = convkit.conv2d(x[:, :, :rows], w, method="direct")
+        np.testing.assert_array_equal(part, full[:, :, :rows - R + 1], err_msg=f"{rows} rows")
+    if _conv.kernel_isa() == "avx512f" and R == 1:
+        assert kinds == {"fwds", "fwdq"}
+    if _conv.kernel_isa() == "avx512f" and C == 40 and dtype == np.float32:
+        assert "fwd" in kinds
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape, kb", [((1, 256, 40, 3, 3), 64), ((2, 7, 5, 2, 3), 4),
                                        ((3, 70, 3, 1, 1), 32), ((1, 5, 600, 1, 1), 8)],
                          ids=["wide_blocks", "tail_lanes", "groups_tail", "long_runs"])

@@ -1285,6 +1285,12 @@ CK_DEFINE_FORWARD(ck_fwd_f32_avx512, float, 64, CK_KB, CK_KB, 3, CK_AVX512)
 CK_DEFINE_FORWARD(ck_fwd_f64_avx512, double, 64, CK_KB, CK_KB, 3, CK_AVX512)
 CK_DEFINE_FORWARD(ck_fwds_f32_avx512, float, 64, CK_KB, CK_KB, 2, CK_AVX512)
 CK_DEFINE_FORWARD(ck_fwds_f64_avx512, double, 64, CK_KB, CK_KB, 2, CK_AVX512)
+/* The block of CK_KB channels as two halves of 4 channels x 4 vectors of
+ * positions (a whole 8x8 float32 map): per 16 multiply-adds 4 weight
+ * broadcasts and 4 input loads where fwds_* takes 8 and 2, and each tile of
+ * weights read once per 4 vectors of positions rather than 2. */
+CK_DEFINE_FORWARD(ck_fwdq_f32_avx512, float, 64, CK_KB, 4, 4, CK_AVX512)
+CK_DEFINE_FORWARD(ck_fwdq_f64_avx512, double, 64, CK_KB, 4, 4, CK_AVX512)
 CK_DEFINE_FORWARD(ck_fwd1_f32_avx512, float, 64, 1, 1, 8, CK_AVX512)
 CK_DEFINE_FORWARD(ck_fwd1_f64_avx512, double, 64, 1, 1, 8, CK_AVX512)
 CK_DEFINE_FORWARD_KVEC(ck_fwdk_f32_avx512, float, 64, 2, 8, 4, CK_AVX512)
@@ -1418,6 +1424,11 @@ typedef struct {
     ck_gwk_f32_t gwkw_f32;
     ck_gwk_f64_t gwkw_f64;
     int gwkw_f32_block, gwkw_f64_block, gwkw_cols;
+    /* fwds_*'s sums in a block of more positions (or fwds_* again), and the
+     * bytes of positions it holds (see ck_fwd_kind). */
+    ck_fwd_f32_t fwdq_f32;
+    ck_fwd_f64_t fwdq_f64;
+    int fwdq_block_bytes;
 } ck_kernels_t;
 
 static ck_kernels_t ck_kernels = {
@@ -1428,7 +1439,8 @@ static ck_kernels_t ck_kernels = {
     ck_gwr_f32_base, ck_gwr_f64_base,
     ck_nonfinite_f32_base, ck_nonfinite_f64_base, ck_col2im_f32_base, ck_col2im_f64_base,
     ck_fwd_f32_base, ck_fwd_f64_base, ck_fwdw_f32_base, ck_fwdw_f64_base, CK_SHORT, 0, 32, 32,
-    ck_col2ims_f32_base, ck_col2ims_f64_base, ck_gwk_f32_base, ck_gwk_f64_base, 8, 4, 6};
+    ck_col2ims_f32_base, ck_col2ims_f64_base, ck_gwk_f32_base, ck_gwk_f64_base, 8, 4, 6,
+    ck_fwd_f32_base, ck_fwd_f64_base, 32};
 
 /* Pick the widest variant this CPU runs; CONVKIT_ISA=avx2|baseline caps it. */
 static void ck_select_kernels(const char *cap)
@@ -1452,7 +1464,8 @@ static void ck_select_kernels(const char *cap)
                           ck_col2im_f64_avx512, ck_fwds_f32_avx512, ck_fwds_f64_avx512,
                           ck_fwdw_f32_avx512, ck_fwdw_f64_avx512, CK_SHORT_AVX512,
                           1, 192, 128, ck_col2ims_f32_avx512, ck_col2ims_f64_avx512,
-                          ck_gwkw_f32_avx512, ck_gwkw_f64_avx512, 64, 32, 6};
+                          ck_gwkw_f32_avx512, ck_gwkw_f64_avx512, 64, 32, 6,
+                          ck_fwdq_f32_avx512, ck_fwdq_f64_avx512, 256};
         ck_kernels = k;
         /* AMD family 19h with AVX-512 is Zen 4 (Zen 3 has none, Zen 5 is 1Ah):
          * its kernels run fastest summing every input channel in one pass. */
@@ -1472,7 +1485,7 @@ static void ck_select_kernels(const char *cap)
                           ck_col2im_f64_avx2, ck_fwds_f32_avx2, ck_fwds_f64_avx2,
                           ck_fwdw_f32_avx2, ck_fwdw_f64_avx2, CK_SHORT, 0, 96, 32,
                           ck_col2ims_f32_avx2, ck_col2ims_f64_avx2, ck_gwk_f32_avx2,
-                          ck_gwk_f64_avx2, 16, 8, 6};
+                          ck_gwk_f64_avx2, 16, 8, 6, ck_fwds_f32_avx2, ck_fwds_f64_avx2, 32};
         ck_kernels = k;
     }
 #else
@@ -1480,21 +1493,27 @@ static void ck_select_kernels(const char *cap)
 #endif
 }
 
-/* Whether a grid forward of `terms` (c, t) terms per output and `taps` taps
- * over `grid_len` positions takes fwds_* rather than fwd_*: for short sums
- * (fwd_short), one-tap sums where fwds_one_tap (AVX-512: 8 x 2 vectors ran
- * 1x1 convolutions and the scatter product 4-7% faster than 8 x 3), and
- * where fwd_*'s wider block of positions would compute over 1/8 more
- * positions in vain than fwds_*'s (small grids: 8x8 is 4 AVX-512 float32
- * vectors, 6 in blocks of 3). The sums are the same, term for term. */
-static inline int ck_fwd_short(int64_t terms, int64_t taps, int64_t grid_len, int64_t itemsize)
+/* Which grid forward sums `terms` (c, t) terms per output, `taps` taps, over
+ * `grid_len` positions: 0 for fwd_*, 1 for fwds_*, 2 for fwdq_*. fwds_* for
+ * short sums (fwd_short), one-tap sums where fwds_one_tap (AVX-512: 8 x 2
+ * vectors ran 1x1 convolutions and the scatter product 4-7% faster than
+ * 8 x 3), and where fwd_*'s wider block of positions would compute over
+ * 1/8 more positions in vain than fwds_*'s (small grids: 8x8 is 4 AVX-512
+ * float32 vectors, 6 in blocks of 3). Of those, fwdq_* for short sums and
+ * wherever its block computes no more positions than fwds_*'s. The sums
+ * are the same, term for term. */
+static inline int ck_fwd_kind(int64_t terms, int64_t taps, int64_t grid_len, int64_t itemsize)
 {
     int64_t wide = ck_kernels.fwd_block_bytes / itemsize;
     int64_t narrow = ck_kernels.fwds_block_bytes / itemsize;
+    int64_t quad = ck_kernels.fwdq_block_bytes / itemsize;
     int64_t wide_len = (grid_len + wide - 1) / wide * wide;
     int64_t narrow_len = (grid_len + narrow - 1) / narrow * narrow;
-    return terms < ck_kernels.fwd_short || (taps == 1 && ck_kernels.fwds_one_tap) ||
-           8 * wide_len > 9 * narrow_len;
+    int64_t quad_len = (grid_len + quad - 1) / quad * quad;
+    int short_sum = terms < ck_kernels.fwd_short;
+    if (!(short_sum || (taps == 1 && ck_kernels.fwds_one_tap) || 8 * wide_len > 9 * narrow_len))
+        return 0;
+    return short_sum || quad_len <= narrow_len ? 2 : 1;
 }
 
 #endif
