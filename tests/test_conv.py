@@ -845,6 +845,22 @@ def test_grad_input_forms_are_both_exercised():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_transpose_kernel(dtype):
+    """ck_transpose_*: whole vector blocks, edges, and negative strides either side."""
+    from convkit._lib import _conv
+
+    rng = np.random.default_rng(3)
+    for rows, cols in itertools.product((0, 1, 3, 4, 7, 8, 9, 16, 21), (0, 1, 5, 8, 12, 17)):
+        src = rng.standard_normal((rows, cols + 3)).astype(dtype)[:, 1:cols + 1]
+        for flip_src, flip_dst in itertools.product((False, True), repeat=2):
+            s = src[::-1] if flip_src else src
+            dst = np.full((cols, rows), np.nan, dtype)
+            _conv.transpose(s, dst[::-1] if flip_dst else dst)
+            expected = s.T[::-1] if flip_dst else s.T
+            np.testing.assert_array_equal(dst, expected, err_msg=f"{rows}x{cols}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("C, R", [(64, 1), (40, 3), (3, 3)], ids=["one_tap", "long", "short"])
 def test_grid_forward_kernels_agree(C, R, dtype):
     """The grid forward's register blocks (fwd, fwds, fwdq) give every output the same bits.
@@ -874,7 +890,8 @@ def test_grid_forward_kernels_agree(C, R, dtype):
 @pytest.mark.parametrize("shape, kb", [((1, 256, 40, 3, 3), 64), ((2, 7, 5, 2, 3), 4),
                                        ((3, 70, 3, 1, 1), 32), ((1, 5, 600, 1, 1), 8)],
                          ids=["wide_blocks", "tail_lanes", "groups_tail", "long_runs"])
-@pytest.mark.parametrize("view", ["contiguous", "flipped_swapped", "channels_last"])
+@pytest.mark.parametrize("view", ["contiguous", "flipped_swapped", "channels_last",
+                                  "channels_strided", "taps_transposed"])
 def test_pack_weights(shape, kb, view, dtype):
     """The weight packing kernel: a tile per block of kb output channels, zeros past K/G."""
     from convkit._lib import _conv
@@ -890,6 +907,12 @@ def test_pack_weights(shape, kb, view, dtype):
         # transposed weights are: the packing's contiguous-run loop.
         w = np.moveaxis(np.ascontiguousarray(np.moveaxis(w, 1, -1)), -1, 1)
         assert w.strides[1] == w.itemsize
+    elif view == "channels_strided":
+        # Taps contiguous, input channels not RS apart: one transpose per channel.
+        w = rng.standard_normal(shape[:2] + (2 * shape[2],) + shape[3:]).astype(dtype)[:, :, ::2]
+    elif view == "taps_transposed":
+        # Taps at no single stride: the element-by-element loop.
+        w = np.ascontiguousarray(w.swapaxes(3, 4)).swapaxes(3, 4)
     G, Kg, Cg, R, S = w.shape
     blocks = -(-Kg // kb)
     expected = np.zeros((G, blocks * kb, Cg, R * S), dtype)
