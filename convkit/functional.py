@@ -785,13 +785,15 @@ def _grad_weight_channel_vector(grad_output, x, g, n_threads):
     chunk_rows = max(1, (32 * 1024 // (kb * x.itemsize)) // g.Q)
     # Per thread: the kernel's accumulators and transposed chunk.
     scratch = _scratch("threads", (n_threads, (cols_per_task + chunk_rows * g.Q) * kb), x.dtype)
-    partial = _scratch("partial", (splits, g.K, g.C_per_group, g.R * g.S), x.dtype)
+    # One run of images sums straight into the result; more are added up after.
+    shape = (splits, g.K, g.C_per_group, g.R * g.S)
+    partial = np.empty(shape, x.dtype) if splits == 1 else _scratch("partial", shape, x.dtype)
     bounds = np.linspace(0, N, splits + 1).astype(np.int64)
     _conv.grad_weight_channel_vector(grad_output.reshape(N, g.K, g.P * g.Q), image, roff, soff,
                                      zeros, bounds, partial, scratch, H, W, g.P, g.Q, sh, sw,
                                      p_lo, p_hi, q_lo, q_hi, cols_per_task, chunk_rows,
                                      wide, n_threads)
-    grad_weight = partial[0].copy()
+    grad_weight = partial[0] if splits == 1 else partial[0].copy()
     for i in range(1, splits):
         grad_weight += partial[i]
     return grad_weight.reshape(g.weight_shape)
