@@ -23,24 +23,37 @@ MAX_CACHED_BYTES = 32 << 20
 _local = threading.local()
 
 
-def scratch(slot, shape, dtype, zero=False):
+def scratch(slot, shape, dtype, zero=False, zero_key=None):
     """An array of ``shape`` and ``dtype`` in this thread's buffer named ``slot``.
 
     Its contents are arbitrary unless ``zero``. Arrays from the same slot
     share memory: a caller may hold only one per slot at a time.
+
+    ``zero_key`` (with ``zero``) spares the fill when the slot's last call
+    passed the same key, shape and dtype: callers with a key promise to
+    write only positions that every call with that key writes before it
+    reads them (the direct forward's packed planes, whose padding stays
+    zero), so everything else is still zero. Filling took 2% of
+    resnet-3x3's forward (1.7 MB, on one thread). Any other call on the
+    slot forgets the key.
     """
     dtype = np.dtype(dtype)
     nbytes = math.prod(shape) * dtype.itemsize
     buffers = _local.__dict__.setdefault("buffers", {})
+    keys = _local.__dict__.setdefault("zero_keys", {})
     raw = buffers.get(slot)
+    key = (zero_key, tuple(shape), dtype) if zero and zero_key is not None else None
     if raw is None or raw.size < nbytes:
         buffers.pop(slot, None)
+        keys.pop(slot, None)
         raw = np.empty(max(nbytes, 1), dtype=np.uint8)
         if nbytes <= MAX_CACHED_BYTES:
             buffers[slot] = raw
     array = raw[:nbytes].view(dtype).reshape(shape)
-    if zero:
+    if zero and (key is None or keys.get(slot) != key):
         array.fill(0)
+    if slot in buffers:
+        keys[slot] = key
     return array
 
 
@@ -52,3 +65,4 @@ def cached_bytes():
 def clear_scratch_cache():
     """Release the scratch buffers the calling thread keeps between convkit calls."""
     _local.__dict__.get("buffers", {}).clear()
+    _local.__dict__.get("zero_keys", {}).clear()

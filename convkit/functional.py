@@ -522,8 +522,10 @@ def _forward_direct(x, weight, bias, g, y, n_threads):
     rows = g.H if g.stride == (1, 1) else -1
     if local:
         planes = g.S * sh if shifted else sh * sw
+        # Zero where the packing leaves padding: still so if the last call
+        # on this scratch packed the same layout (see _scratch.scratch).
         scratch = _scratch("threads", (n_threads, g.C_per_group * planes * plane_len + grid),
-                           x.dtype, zero=True)
+                           x.dtype, zero=True, zero_key=("forward_local", g, shifted, kb))
         _conv.forward_local(x, weight, tap_off, bias, y, scratch, sh, sw, g.padding[0][0],
                             g.padding[1][0], Hph, Wph, plane_len, per_image, channel_vector,
                             g.S, g.dilation[0], rows, shifted, g.dilation[1], c_pass,

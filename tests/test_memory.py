@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 import convkit
-from convkit import _limits
+from convkit import _limits, reference
+from _helpers import assert_close
 
 CALLS = 10_000
 # A leak of >= ~100 bytes per call (one small array, one memoryview) grows
@@ -255,3 +256,40 @@ def test_scratch_cache_is_bounded_and_clearable(monkeypatch):
     np.testing.assert_array_equal(convkit.conv2d(x, weight, padding=1, method="direct"),
                                   expected)
     assert all(raw.size <= 1024 for raw in _cached_buffers())
+
+
+def test_scratch_zero_key_spares_only_a_repeated_fill():
+    """A keyed zero fill is skipped only after a call with the same key, shape and dtype."""
+    from convkit import _scratch
+
+    def dirty(key, shape=(2, 8)):
+        array = _scratch.scratch("zero-key-test", shape, np.float32, zero=True, zero_key=key)
+        was_zero = not array.any()
+        array[:, 1] = 7  # a keyed caller writes the same positions every time
+        return was_zero
+
+    assert dirty("a")
+    assert not dirty("a")  # kept: the caller overwrites column 1 before reading it
+    assert dirty("b")  # another key fills again
+    assert not dirty("b")
+    assert dirty("b", shape=(4, 4))  # the same key for another shape fills again
+    _scratch.scratch("zero-key-test", (2, 8), np.float32)  # an unkeyed call forgets
+    assert dirty("b", shape=(4, 4))
+    convkit.clear_scratch_cache()
+    assert dirty("b", shape=(4, 4))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_forward_scratch_padding_survives_other_layouts(dtype):
+    """A forward whose packed padding is kept zero between calls (same layout) still
+    matches after calls with other layouts wrote where its padding lies."""
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((8, 16, 10, 10)).astype(dtype)
+    weight = rng.standard_normal((8, 16, 3, 3)).astype(dtype)
+    expected = reference.conv2d(x, weight, padding=1)
+    first = convkit.conv2d(x, weight, padding=1, method="direct")
+    assert_close(first, expected)
+    # The same scratch shape, the input shifted: its packed values land in
+    # the first layout's left padding column.
+    convkit.conv2d(x + 1, weight, padding=((2, 0), (0, 2)), method="direct")
+    np.testing.assert_array_equal(convkit.conv2d(x, weight, padding=1, method="direct"), first)
