@@ -1242,63 +1242,58 @@ typedef int64_t ck_v4l __attribute__((vector_size(32)));
     for (i = rows - rows % (B); i < rows; i++)                                         \
         for (j = 0; j < cols; j++)                                                     \
             dst[j * ldd + i] = src[i * lds + j];
-#define CK_DEFINE_TRANSPOSE_F32(NAME, ATTR)                                            \
-    ATTR static void NAME(const float *src, int64_t lds, float *dst, int64_t ldd,      \
-                          int64_t rows, int64_t cols)                                  \
+/* One block at (i0, j0): 8 rows of float32 in, 8 columns out. */
+#define CK_TRANSPOSE_BLOCK_F32                                                         \
+    do {                                                                               \
+        ck_v8f r[8], t[8], u[8];                                                       \
+        for (i = 0; i < 8; i++)                                                        \
+            memcpy(&r[i], src + (i0 + i) * lds + j0, sizeof(ck_v8f));                  \
+        for (i = 0; i < 8; i += 2) {                                                   \
+            t[i] = __builtin_shuffle(r[i], r[i + 1], (ck_v8i){0, 8, 1, 9, 4, 12, 5, 13}); \
+            t[i + 1] = __builtin_shuffle(r[i], r[i + 1], (ck_v8i){2, 10, 3, 11, 6, 14, 7, 15}); \
+        }                                                                              \
+        for (i = 0; i < 8; i += 4) {                                                   \
+            u[i] = __builtin_shuffle(t[i], t[i + 2], (ck_v8i){0, 1, 8, 9, 4, 5, 12, 13}); \
+            u[i + 1] = __builtin_shuffle(t[i], t[i + 2], (ck_v8i){2, 3, 10, 11, 6, 7, 14, 15}); \
+            u[i + 2] = __builtin_shuffle(t[i + 1], t[i + 3], (ck_v8i){0, 1, 8, 9, 4, 5, 12, 13}); \
+            u[i + 3] = __builtin_shuffle(t[i + 1], t[i + 3],                           \
+                                         (ck_v8i){2, 3, 10, 11, 6, 7, 14, 15});        \
+        }                                                                              \
+        /* u[c] holds columns c and c + 4 of rows 0-3 and 4-7 (halves). */             \
+        for (i = 0; i < 4; i++) {                                                      \
+            ck_v8f lo = __builtin_shuffle(u[i], u[i + 4], (ck_v8i){0, 1, 2, 3, 8, 9, 10, 11}); \
+            ck_v8f hi = __builtin_shuffle(u[i], u[i + 4], (ck_v8i){4, 5, 6, 7, 12, 13, 14, 15}); \
+            memcpy(dst + (j0 + i) * ldd + i0, &lo, sizeof(ck_v8f));                    \
+            memcpy(dst + (j0 + i + 4) * ldd + i0, &hi, sizeof(ck_v8f));                \
+        }                                                                              \
+    } while (0)
+/* 4 rows of float64 in, 4 columns out. */
+#define CK_TRANSPOSE_BLOCK_F64                                                         \
+    do {                                                                               \
+        ck_v4d r[4], t[4];                                                             \
+        for (i = 0; i < 4; i++)                                                        \
+            memcpy(&r[i], src + (i0 + i) * lds + j0, sizeof(ck_v4d));                  \
+        for (i = 0; i < 4; i += 2) {                                                   \
+            t[i] = __builtin_shuffle(r[i], r[i + 1], (ck_v4l){0, 4, 2, 6});            \
+            t[i + 1] = __builtin_shuffle(r[i], r[i + 1], (ck_v4l){1, 5, 3, 7});        \
+        }                                                                              \
+        for (i = 0; i < 2; i++) {                                                      \
+            ck_v4d lo = __builtin_shuffle(t[i], t[i + 2], (ck_v4l){0, 1, 4, 5});       \
+            ck_v4d hi = __builtin_shuffle(t[i], t[i + 2], (ck_v4l){2, 3, 6, 7});       \
+            memcpy(dst + (j0 + i) * ldd + i0, &lo, sizeof(ck_v4d));                    \
+            memcpy(dst + (j0 + i + 2) * ldd + i0, &hi, sizeof(ck_v4d));                \
+        }                                                                              \
+    } while (0)
+/* The transpose of T in BxB blocks (BLOCK one of the two above). */
+#define CK_DEFINE_TRANSPOSE(NAME, T, B, BLOCK, ATTR)                                   \
+    ATTR static void NAME(const T *src, int64_t lds, T *dst, int64_t ldd, int64_t rows, \
+                          int64_t cols)                                                \
     {                                                                                  \
         int64_t i0, j0, i, j;                                                          \
-        for (i0 = 0; i0 + 8 <= rows; i0 += 8)                                          \
-            for (j0 = 0; j0 + 8 <= cols; j0 += 8) {                                    \
-                ck_v8f r[8], t[8], u[8];                                               \
-                for (i = 0; i < 8; i++)                                                \
-                    memcpy(&r[i], src + (i0 + i) * lds + j0, sizeof(ck_v8f));          \
-                for (i = 0; i < 8; i += 2) {                                           \
-                    t[i] = __builtin_shuffle(r[i], r[i + 1], (ck_v8i){0, 8, 1, 9, 4, 12, 5, 13}); \
-                    t[i + 1] = __builtin_shuffle(r[i], r[i + 1],                       \
-                                                 (ck_v8i){2, 10, 3, 11, 6, 14, 7, 15});\
-                }                                                                      \
-                for (i = 0; i < 8; i += 4) {                                           \
-                    u[i] = __builtin_shuffle(t[i], t[i + 2], (ck_v8i){0, 1, 8, 9, 4, 5, 12, 13}); \
-                    u[i + 1] = __builtin_shuffle(t[i], t[i + 2],                       \
-                                                 (ck_v8i){2, 3, 10, 11, 6, 7, 14, 15});\
-                    u[i + 2] = __builtin_shuffle(t[i + 1], t[i + 3],                   \
-                                                 (ck_v8i){0, 1, 8, 9, 4, 5, 12, 13});  \
-                    u[i + 3] = __builtin_shuffle(t[i + 1], t[i + 3],                   \
-                                                 (ck_v8i){2, 3, 10, 11, 6, 7, 14, 15});\
-                }                                                                      \
-                /* u[c] holds columns c and c + 4 of rows 0-3 and 4-7 (halves). */     \
-                for (i = 0; i < 4; i++) {                                              \
-                    ck_v8f lo = __builtin_shuffle(u[i], u[i + 4], (ck_v8i){0, 1, 2, 3, 8, 9, 10, 11}); \
-                    ck_v8f hi = __builtin_shuffle(u[i], u[i + 4],                      \
-                                                  (ck_v8i){4, 5, 6, 7, 12, 13, 14, 15}); \
-                    memcpy(dst + (j0 + i) * ldd + i0, &lo, sizeof(ck_v8f));            \
-                    memcpy(dst + (j0 + i + 4) * ldd + i0, &hi, sizeof(ck_v8f));        \
-                }                                                                      \
-            }                                                                          \
-        CK_TRANSPOSE_EDGES(8)                                                          \
-    }
-#define CK_DEFINE_TRANSPOSE_F64(NAME, ATTR)                                            \
-    ATTR static void NAME(const double *src, int64_t lds, double *dst, int64_t ldd,    \
-                          int64_t rows, int64_t cols)                                  \
-    {                                                                                  \
-        int64_t i0, j0, i, j;                                                          \
-        for (i0 = 0; i0 + 4 <= rows; i0 += 4)                                          \
-            for (j0 = 0; j0 + 4 <= cols; j0 += 4) {                                    \
-                ck_v4d r[4], t[4];                                                     \
-                for (i = 0; i < 4; i++)                                                \
-                    memcpy(&r[i], src + (i0 + i) * lds + j0, sizeof(ck_v4d));          \
-                for (i = 0; i < 4; i += 2) {                                           \
-                    t[i] = __builtin_shuffle(r[i], r[i + 1], (ck_v4l){0, 4, 2, 6});    \
-                    t[i + 1] = __builtin_shuffle(r[i], r[i + 1], (ck_v4l){1, 5, 3, 7});\
-                }                                                                      \
-                for (i = 0; i < 2; i++) {                                              \
-                    ck_v4d lo = __builtin_shuffle(t[i], t[i + 2], (ck_v4l){0, 1, 4, 5}); \
-                    ck_v4d hi = __builtin_shuffle(t[i], t[i + 2], (ck_v4l){2, 3, 6, 7}); \
-                    memcpy(dst + (j0 + i) * ldd + i0, &lo, sizeof(ck_v4d));            \
-                    memcpy(dst + (j0 + i + 2) * ldd + i0, &hi, sizeof(ck_v4d));        \
-                }                                                                      \
-            }                                                                          \
-        CK_TRANSPOSE_EDGES(4)                                                          \
+        for (i0 = 0; i0 + (B) <= rows; i0 += (B))                                      \
+            for (j0 = 0; j0 + (B) <= cols; j0 += (B))                                  \
+                BLOCK;                                                                 \
+        CK_TRANSPOSE_EDGES(B)                                                          \
     }
 
 #if CK_X86
@@ -1311,8 +1306,8 @@ typedef int64_t ck_v4l __attribute__((vector_size(32)));
  * weights' last axis), channels per register block, vectors per block,
  * attribute; the other kernels: name, type, vector bytes, their blocks,
  * attribute. */
-CK_DEFINE_TRANSPOSE_F32(ck_transpose_f32_base, CK_BASE)
-CK_DEFINE_TRANSPOSE_F64(ck_transpose_f64_base, CK_BASE)
+CK_DEFINE_TRANSPOSE(ck_transpose_f32_base, float, 8, CK_TRANSPOSE_BLOCK_F32, CK_BASE)
+CK_DEFINE_TRANSPOSE(ck_transpose_f64_base, double, 4, CK_TRANSPOSE_BLOCK_F64, CK_BASE)
 CK_DEFINE_FORWARD(ck_fwd_f32_base, float, 16, CK_KB, CK_KB, 2, CK_BASE)
 CK_DEFINE_FORWARD(ck_fwd_f64_base, double, 16, CK_KB, CK_KB, 2, CK_BASE)
 CK_DEFINE_FORWARD(ck_fwd1_f32_base, float, 16, 1, 1, 4, CK_BASE)
@@ -1338,8 +1333,8 @@ CK_DEFINE_FORWARD_DW(ck_fwdw_f64_base, double, int64_t, 16, CK_BASE)
 #if CK_X86
 /* 16 registers: 4 channels x 3 vectors of positions, or all CK_KB channels
  * x 1 vector for short reductions (fwds_*). */
-CK_DEFINE_TRANSPOSE_F32(ck_transpose_f32_avx2, CK_AVX2)
-CK_DEFINE_TRANSPOSE_F64(ck_transpose_f64_avx2, CK_AVX2)
+CK_DEFINE_TRANSPOSE(ck_transpose_f32_avx2, float, 8, CK_TRANSPOSE_BLOCK_F32, CK_AVX2)
+CK_DEFINE_TRANSPOSE(ck_transpose_f64_avx2, double, 4, CK_TRANSPOSE_BLOCK_F64, CK_AVX2)
 CK_DEFINE_FORWARD(ck_fwd_f32_avx2, float, 32, CK_KB, 4, 3, CK_AVX2)
 CK_DEFINE_FORWARD(ck_fwd_f64_avx2, double, 32, CK_KB, 4, 3, CK_AVX2)
 CK_DEFINE_FORWARD(ck_fwds_f32_avx2, float, 32, CK_KB, CK_KB, 1, CK_AVX2)
