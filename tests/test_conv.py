@@ -858,6 +858,11 @@ def test_transpose_kernel(dtype):
             _conv.transpose(s, dst[::-1] if flip_dst else dst)
             expected = s.T[::-1] if flip_dst else s.T
             np.testing.assert_array_equal(dst, expected, err_msg=f"{rows}x{cols}")
+    src = np.zeros((4, 6), dtype)
+    with pytest.raises(ValueError, match="contiguous rows"):
+        _conv.transpose(src[:, ::2], np.zeros((3, 4), dtype))
+    with pytest.raises(ValueError, match="shape of src.T"):
+        _conv.transpose(src, np.zeros((4, 6), dtype))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

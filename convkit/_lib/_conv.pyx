@@ -557,7 +557,17 @@ cdef inline void _transpose(const floating *src, int64_t lds, floating *dst, int
 
 
 def transpose(const floating[:, :] src, floating[:, :] dst):
-    """dst = src.T through the kernels' transpose (for tests); rows of both contiguous."""
+    """dst = src.T through the kernels' transpose (for tests).
+
+    Each row of both must be contiguous; the row strides may be anything,
+    negative included.
+    """
+    if src.strides[1] != sizeof(floating) or dst.strides[1] != sizeof(floating):
+        raise ValueError(f"src {tuple(src.shape)} and dst {tuple(dst.shape)} must have "
+                         f"contiguous rows")
+    if dst.shape[0] != src.shape[1] or dst.shape[1] != src.shape[0]:
+        raise ValueError(f"dst {tuple(dst.shape)} must have the shape of src.T, "
+                         f"{(src.shape[1], src.shape[0])}")
     if src.shape[0] * src.shape[1] == 0:
         return
     _transpose(&src[0, 0], src.strides[0] // <int64_t>sizeof(floating), &dst[0, 0],
