@@ -314,6 +314,8 @@ cdef extern from "_direct.h" nogil:
     ck_kernels_t ck_kernels
     void ck_select_kernels(const char *cap)
     int ck_fwd_kind(int64_t terms, int64_t taps, int64_t grid_len, int64_t itemsize)
+    ck_fwd_f32_t ck_fwd_grid_f32(int64_t terms, int64_t taps, int64_t grid_len)
+    ck_fwd_f64_t ck_fwd_grid_f64(int64_t terms, int64_t taps, int64_t grid_len)
     void ck_add_rows_f32(float *out, const float *src, int64_t n)
     void ck_add_rows_f64(double *out, const double *src, int64_t n)
 
@@ -667,16 +669,13 @@ cdef inline void _forward_block(const floating *x, const floating *w, const int6
     pass), with the same sums as one pass.
     """
     cdef ck_kernels_t kern = ck_kernels
-    cdef int kind
     if floating is float:
         if channel_vector:
             (kern.fwdkw_f32 if kb == kern.kvecw_f32 else kern.fwdk_f32)(
                 x, w, tap_off, Cg, RS, chan_stride, Wph, Q, P, grid, gstride, y, ks, rs, cs,
                 kcount, bias, S, dh, row_lo, rows)
         else:
-            kind = ck_fwd_kind(Cg * RS, RS, P * Wph, sizeof(float))
-            (kern.fwd1_f32 if kb != CK_KB else kern.fwdq_f32 if kind == 2 else
-             kern.fwds_f32 if kind == 1 else kern.fwd_f32)(
+            (kern.fwd1_f32 if kb != CK_KB else ck_fwd_grid_f32(Cg * RS, RS, P * Wph))(
                 x, w, tap_off, Cg, RS, chan_stride, Wph, Q, P, grid, gstride, y, ks, rs, cs,
                 kcount, bias, c_pass)
     else:
@@ -685,9 +684,7 @@ cdef inline void _forward_block(const floating *x, const floating *w, const int6
                 x, w, tap_off, Cg, RS, chan_stride, Wph, Q, P, grid, gstride, y, ks, rs, cs,
                 kcount, bias, S, dh, row_lo, rows)
         else:
-            kind = ck_fwd_kind(Cg * RS, RS, P * Wph, sizeof(double))
-            (kern.fwd1_f64 if kb != CK_KB else kern.fwdq_f64 if kind == 2 else
-             kern.fwds_f64 if kind == 1 else kern.fwd_f64)(
+            (kern.fwd1_f64 if kb != CK_KB else ck_fwd_grid_f64(Cg * RS, RS, P * Wph))(
                 x, w, tap_off, Cg, RS, chan_stride, Wph, Q, P, grid, gstride, y, ks, rs, cs,
                 kcount, bias, c_pass)
 
@@ -1035,7 +1032,8 @@ def grad_input_scatter(const floating[:, :, ::1] gy,         # IN  (N, K, P*Q)
     cdef int64_t Cg = C // G, RS = R * S, L = P * Q, rows = Cg * RS
     cdef int64_t task, n, g, blk, kcount, c, r, s, p, q, ih, q_lo, q_hi, offset
     cdef int64_t tap0 = 0
-    cdef int kind = ck_fwd_kind(Kg, 1, L, sizeof(floating))
+    cdef ck_fwd_f32_t product_f32 = ck_fwd_grid_f32(Kg, 1, L)
+    cdef ck_fwd_f64_t product_f64 = ck_fwd_grid_f64(Kg, 1, L)
     # grad_output's channels for a task read in place while they fit in L1
     # with room to spare (every block of columns reads them again); larger,
     # they are copied first. In place measured float64 mnist-3x3's
@@ -1071,17 +1069,11 @@ def grad_input_scatter(const floating[:, :, ::1] gy,         # IN  (N, K, P*Q)
             if kcount > CK_KB:
                 kcount = CK_KB
             if floating is float:
-                (ck_kernels.fwdq_f32 if kind == 2 else ck_kernels.fwds_f32 if kind == 1 else
-                 ck_kernels.fwd_f32)(
-                                   gys, &wpk[g, blk, 0, 0, 0], &tap0, Kg, 1, L, L, L, 1,
-                                   NULL, 0, cols + blk * CK_KB * L, L, L, 1, kcount,
-                                   &zeros[0], 0)
+                product_f32(gys, &wpk[g, blk, 0, 0, 0], &tap0, Kg, 1, L, L, L, 1, NULL, 0,
+                             cols + blk * CK_KB * L, L, L, 1, kcount, &zeros[0], 0)
             else:
-                (ck_kernels.fwdq_f64 if kind == 2 else ck_kernels.fwds_f64 if kind == 1 else
-                 ck_kernels.fwd_f64)(
-                                   gys, &wpk[g, blk, 0, 0, 0], &tap0, Kg, 1, L, L, L, 1,
-                                   NULL, 0, cols + blk * CK_KB * L, L, L, 1, kcount,
-                                   &zeros[0], 0)
+                product_f64(gys, &wpk[g, blk, 0, 0, 0], &tap0, Kg, 1, L, L, L, 1, NULL, 0,
+                             cols + blk * CK_KB * L, L, L, 1, kcount, &zeros[0], 0)
         if sw == 1 and Cg >= 2:
             # By output pixel, in registers (see ck_col2im in _direct.h). perf:
             # col2im's share of mnist-conv2's grad_input 15% -> 6.5%. With

@@ -1495,7 +1495,7 @@ typedef struct {
     ck_fwdw_f64_t fwdw_f64;
     /* fwds_* take sums of fewer (c, t) terms than fwd_short, and one-tap
      * sums where fwds_one_tap; bytes of grid positions per register block
-     * of fwd_* and fwds_* (see ck_fwd_short). */
+     * of fwd_* and fwds_* (see ck_fwd_kind). */
     int fwd_short, fwds_one_tap, fwd_block_bytes, fwds_block_bytes;
     ck_col2ims_f32_t col2ims_f32; /* column stride above 1 */
     ck_col2ims_f64_t col2ims_f64;
@@ -1599,6 +1599,18 @@ static inline int ck_fwd_kind(int64_t terms, int64_t taps, int64_t grid_len, int
     if (!(short_sum || (taps == 1 && ck_kernels.fwds_one_tap) || 8 * wide_len > 9 * narrow_len))
         return 0;
     return short_sum || quad_len <= narrow_len ? 2 : 1;
+}
+
+/* The grid forward kernel of ck_fwd_kind's answer for these sizes. */
+static inline ck_fwd_f32_t ck_fwd_grid_f32(int64_t terms, int64_t taps, int64_t grid_len)
+{
+    int kind = ck_fwd_kind(terms, taps, grid_len, sizeof(float));
+    return kind == 2 ? ck_kernels.fwdq_f32 : kind == 1 ? ck_kernels.fwds_f32 : ck_kernels.fwd_f32;
+}
+static inline ck_fwd_f64_t ck_fwd_grid_f64(int64_t terms, int64_t taps, int64_t grid_len)
+{
+    int kind = ck_fwd_kind(terms, taps, grid_len, sizeof(double));
+    return kind == 2 ? ck_kernels.fwdq_f64 : kind == 1 ? ck_kernels.fwds_f64 : ck_kernels.fwd_f64;
 }
 
 #endif
