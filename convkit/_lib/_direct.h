@@ -798,7 +798,17 @@ CK_DEFINE_ADD_ROWS(ck_add_rows_f64, double)
         VI iota;                                                                          \
         for (l = 0; l < VL; l++)                                                          \
             iota[l] = (TI)l;                                                              \
-        for (h = 0; h < H; h++)                                                           \
+        for (h = 0; h < H; h++) {                                                         \
+            /* At row stride 1 the kernel rows that reach row h are a run,              \
+             * r_lo <= r < r_hi: no test per kernel row below. */                         \
+            int64_t r_lo = 0, r_hi = R;                                                   \
+            if (sh == 1) {                                                                \
+                int64_t top = h + pt, low = h + pt - P + 1;                               \
+                r_hi = top < 0 ? 0 : top / dh + 1;                                        \
+                r_lo = low <= 0 ? 0 : (low + dh - 1) / dh;                                \
+                if (r_hi > R)                                                             \
+                    r_hi = R;                                                             \
+            }                                                                             \
             for (w0 = 0; w0 < W; w0 += VL) {                                              \
                 int64_t start = W >= VL && w0 + VL > W ? W - VL : w0;                     \
                 V even[CB], odd[CB];                                                      \
@@ -810,10 +820,10 @@ CK_DEFINE_ADD_ROWS(ck_add_rows_f64, double)
                     int any = 0;                                                          \
                     if (off >= Q || off + VL <= 0)                                        \
                         continue;                                                         \
-                    for (r = 0; r < R; r++) {                                             \
+                    for (r = r_lo; r < r_hi; r++) {                                       \
                         int64_t num = h + pt - r * dh;                                    \
                         const T *at;                                                      \
-                        if (num < 0 || num >= P * sh || (sh != 1 && num % sh != 0))       \
+                        if (sh != 1 && (num < 0 || num >= P * sh || num % sh != 0))       \
                             continue;                                                     \
                         at = cols + (r * S + s) * L + (sh == 1 ? num : num / sh) * Q + off; \
                         for (i = 0; i < CB; i++) {                                        \
@@ -854,6 +864,7 @@ CK_DEFINE_ADD_ROWS(ck_add_rows_f64, double)
                 if (start != w0)                                                          \
                     break;                                                                \
             }                                                                             \
+        }                                                                                 \
     }
 #define CK_DEFINE_COL2IM(NAME, T, TI, VBYTES, ATTR)                                      \
     CK_DEFINE_COL2IM_PASS(NAME##_c4, T, TI, VBYTES, 4, ATTR)                              \
