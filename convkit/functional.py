@@ -765,9 +765,10 @@ def _grad_weight_channel_vector(grad_output, x, g, n_threads):
     (sh, sw) = g.stride
     G, Kg, N = g.groups, g.K_per_group, g.N
     if padded:
-        layout = _phase_layout(g)
-        H, W = layout[:2]
-        image = _pack_input(x, g, layout, n_threads).reshape(N, g.C, -1)
+        # Planes back to back, without the slack the forward kernels read
+        # past a plane's end: this kernel reads inside each plane only.
+        H, W = _phase_layout(g)[:2]
+        image = _pack_input(x, g, (H, W, H * W, None), n_threads).reshape(N, g.C, -1)
     else:
         H, W = g.H, g.W
         image = x.reshape(N, g.C, H * W)
