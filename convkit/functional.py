@@ -367,6 +367,33 @@ def _shifted_layout(g):
                                                                 dtype=np.int64))
 
 
+@functools.lru_cache(maxsize=256)
+def _shared_padding_layout(g):
+    """_phase_layout at stride 1 with the column padding shared between rows.
+
+    Returns (Hph, Wph, plane_len, tap_offsets, origin), or None where it
+    saves nothing. A plane's rows hold the input's rows from column 0,
+    followed by z = max(left, right padding) zeros, and start z elements
+    into the plane, after zeros: a tap reading left of a row reads the
+    zeros ending the row before it (or those before the first row), one
+    reading right of it the zeros ending its own. The grid is then W + z
+    columns wide where _phase_layout's is W + left + right, which the grid
+    kernels compute in vain past the Q output columns (resnet-3x3: 57
+    against 58, 1.7% of the work).
+    """
+    (pt, pb), (pl, pr) = g.padding
+    z = max(pl, pr)
+    if g.stride != (1, 1) or min(pl, pr) <= 0 or min(pt, pb) < 0 or g.W + z < g.Q:
+        return None
+    (dh, dw) = g.dilation
+    Hph = g.P + (g.R - 1) * dh
+    Wph = g.W + z
+    plane_len = z + (Hph + 1) * Wph + _conv.PLANE_SLACK
+    offsets = (z + np.arange(g.R)[:, None] * dh * Wph + np.arange(g.S)[None, :] * dw - pl)
+    return Hph, Wph, plane_len, _read_only(np.ascontiguousarray(offsets.reshape(-1),
+                                                                dtype=np.int64)), z
+
+
 def _use_shifted_layout(g, itemsize, y, outputs):
     """Whether the forward packs column-shifted planes (see _shifted_layout).
 
@@ -396,13 +423,17 @@ def _is_own_layout(g):
     return g.stride == (1, 1) and g.padding == ((0, 0), (0, 0))
 
 
-def _pack_input(x, g, layout, n_threads):
-    """(N, C, sh*sw, plane_len) stride-phase planes of the zero-padded input."""
+def _pack_input(x, g, layout, n_threads, origin=0):
+    """(N, C, sh*sw, plane_len) stride-phase planes of the zero-padded input.
+
+    With an ``origin`` (_shared_padding_layout) the planes hold the input's
+    rows from column 0, ``origin`` elements into each plane.
+    """
     Hph, Wph, plane_len, _ = layout
     (sh, sw) = g.stride
     packed = _scratch("input", (g.N, g.C, sh * sw, plane_len), x.dtype)
-    _conv.pack_phases(x, packed, sh, sw, g.padding[0][0], g.padding[1][0], Hph, Wph,
-                      n_threads)
+    _conv.pack_phases(x, packed, sh, sw, g.padding[0][0], 0 if origin else g.padding[1][0],
+                      Hph, Wph, n_threads, origin)
     return packed
 
 
@@ -510,8 +541,12 @@ def _forward_direct(x, weight, bias, g, y, n_threads):
     if own_layout:
         # Nothing to pack: the channel-vector kernel reads x where it is.
         local, plane_len = False, g.H * g.W
+    origin, pl = 0, g.padding[1][0]
     if shifted:
         Hph, Wph, plane_len, tap_off = _shifted_layout(g)
+    elif not channel_vector and _shared_padding_layout(g) is not None:
+        Hph, Wph, plane_len, tap_off, origin = _shared_padding_layout(g)
+        layout, pl = (Hph, Wph, plane_len, tap_off), 0
     weight = _pack_weight(weight, g, kb, n_threads)
     c_pass = _grid_channel_pass(g, x.itemsize)
     gstride = g.P * Wph + _conv.PLANE_SLACK
@@ -527,14 +562,14 @@ def _forward_direct(x, weight, bias, g, y, n_threads):
         scratch = _scratch("threads", (n_threads, g.C_per_group * planes * plane_len + grid),
                            x.dtype, zero=True, zero_key=("forward_local", g, shifted, kb))
         _conv.forward_local(x, weight, tap_off, bias, y, scratch, sh, sw, g.padding[0][0],
-                            g.padding[1][0], Hph, Wph, plane_len, per_image, channel_vector,
+                            pl, Hph, Wph, plane_len, per_image, channel_vector,
                             g.S, g.dilation[0], rows, shifted, g.dilation[1], c_pass,
-                            n_threads)
+                            n_threads, origin)
         return
     if own_layout:
         packed = x.reshape(g.N, g.C, 1, plane_len)
     else:
-        packed = _pack_input(x, g, layout, n_threads)
+        packed = _pack_input(x, g, layout, n_threads, origin)
     scratch = _scratch("threads", (n_threads, grid), x.dtype)
     _conv.forward_packed(packed, weight, tap_off, bias, y, scratch, Wph, channel_vector, g.S,
                          g.dilation[0], g.padding[0][0], rows, c_pass, n_threads)

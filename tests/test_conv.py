@@ -892,6 +892,50 @@ def test_grid_forward_kernels_agree(C, R, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("N, C, H, W, K, R, S, padding, dilation", [
+    (2, 16, 12, 9, 16, 3, 3, 1, 1),                 # "same", both paddings 1
+    (1, 9, 7, 13, 12, 3, 5, ((1, 2), (2, 1)), 1),   # asymmetric: z = 2
+    (2, 8, 10, 11, 8, 3, 3, ((0, 1), (3, 3)), (1, 2)),  # dilated columns, z = 3
+    (1, 24, 6, 20, 16, 5, 3, 2, 1),                 # taller kernel, z = 2
+    (3, 16, 9, 9, 16, 3, 3, ((1, 1), (3, 3)), 1),   # over-padded: W + z < Q, no sharing
+], ids=["same", "asymmetric", "dilated", "tall", "over_padded"])
+def test_shared_padding_layout(N, C, H, W, K, R, S, padding, dilation, dtype, monkeypatch):
+    """The grid forward with its rows' column padding shared gives _phase_layout's bits.
+
+    The same terms in the same order, read from planes W + max(left, right)
+    wide; the taps left of a row read the zeros ending the row before it
+    (before the first row: those at the plane's start), and a non-finite
+    input next to them reaches no output it should not. grad_input (the
+    same forward on grad_output) too.
+    """
+    from convkit import functional
+
+    g = functional.conv_geometry((N, C, H, W), (K, C, R, S), 1, padding, dilation, 1)
+    layout = functional._shared_padding_layout(g)
+    assert (layout is None) == (g.W + max(g.padding[1]) < g.Q)
+    rng = np.random.default_rng(17)
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    x[0, 0, :, 0] = np.inf           # first and last columns: next to the shared zeros
+    x[-1, -1, :, -1] = np.nan
+    w = rng.standard_normal((K, C, R, S)).astype(dtype)
+    kw = dict(padding=padding, dilation=dilation, method="direct")
+    y = convkit.conv2d(x, w, **kw)
+    gy = rng.standard_normal(y.shape).astype(dtype)
+    gi = convkit.conv2d_backward(gy, x, w, output_mask=(True, False, False), **kw)[0]
+    functional._shared_padding_layout.cache_clear()
+    monkeypatch.setattr(functional, "_shared_padding_layout", lambda g: None)
+    np.testing.assert_array_equal(y, convkit.conv2d(x, w, **kw))
+    np.testing.assert_array_equal(
+        gi, convkit.conv2d_backward(gy, x, w, output_mask=(True, False, False), **kw)[0])
+    x_ref = np.nan_to_num(x, nan=0.0, posinf=0.0)
+    finite = reference.conv2d(x_ref, w, padding=padding, dilation=dilation)
+    touched = reference.conv2d(np.isfinite(x).astype(dtype) * 0 + (~np.isfinite(x)),
+                               np.ones_like(w), padding=padding, dilation=dilation) > 0
+    assert np.all(np.isfinite(y) == ~touched)
+    assert_close(y[~touched], finite[~touched])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape, kb", [((1, 256, 40, 3, 3), 64), ((2, 7, 5, 2, 3), 4),
                                        ((3, 70, 3, 1, 1), 32), ((1, 5, 600, 1, 1), 8)],
                          ids=["wide_blocks", "tail_lanes", "groups_tail", "long_runs"])

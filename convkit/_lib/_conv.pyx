@@ -487,18 +487,22 @@ cdef inline void _pack_shifted(const floating *xplane, floating *out, int64_t H,
 def pack_phases(const floating[:, :, :, ::1] x,  # IN  (N, C, H, W)
                 floating[:, :, :, ::1] out,      # OUT (N, C, sh*sw, plane_len)
                 int64_t sh, int64_t sw, int64_t pt, int64_t pl,
-                int64_t Hph, int64_t Wph, int n_threads):
-    """out[n, c, a*sw + b, i*Wph + j] = x[n, c, i*sh + a - pt, j*sw + b - pl], 0 outside.
+                int64_t Hph, int64_t Wph, int n_threads, int64_t origin=0):
+    """out[n, c, a*sw + b, origin + i*Wph + j] = x[n, c, i*sh + a - pt, j*sw + b - pl], 0 outside.
 
-    Slack after each Hph*Wph plane is zeroed too. ``pt``/``pl`` may be
-    negative (a crop).
+    The ``origin`` elements before each plane and the slack after it are
+    zeroed too. ``pt``/``pl`` may be negative (a crop).
     """
     cdef int64_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef int64_t L = out.shape[3]
     cdef int64_t task
+    cdef floating *o
     for task in prange(N * C, schedule="static", nogil=True, num_threads=n_threads):
-        _pack_channel(&x[task // C, task % C, 0, 0], &out[task // C, task % C, 0, 0],
-                      H, W, sh, sw, pt, pl, Hph, Wph, L, False)
+        o = &out[task // C, task % C, 0, 0]
+        if origin:
+            memset(o, 0, origin * sizeof(floating))
+        _pack_channel(&x[task // C, task % C, 0, 0], o + origin, H, W, sh, sw, pt, pl, Hph,
+                      Wph, L - origin, False)
 
 
 # cblas_sgemm / cblas_dgemm of a 64-bit-integer BLAS (see _threads.blas_gemm).
@@ -698,7 +702,7 @@ def forward_local(const floating[:, :, :, ::1] x,           # IN  (N, C, H, W)
                   int64_t sh, int64_t sw, int64_t pt, int64_t pl, int64_t Hph, int64_t Wph,
                   int64_t plane_len, bint per_image, bint channel_vector, int64_t S,
                   int64_t dh, int64_t rows, bint shifted, int64_t dw, int64_t c_pass,
-                  int n_threads):
+                  int n_threads, int64_t origin=0):
     """forward_packed with each task packing the input channels it reads itself.
 
     The C/G channels of a group of one image are packed into the thread's
@@ -714,7 +718,8 @@ def forward_local(const floating[:, :, :, ::1] x,           # IN  (N, C, H, W)
     column is computed in vain and a contiguous ``y`` is written straight
     from the kernels' registers. ``scratch`` must come zeroed: each thread's
     tasks pack the same positions of it, so the padding stays zero and only
-    the input's elements are copied.
+    the input's elements are copied. A plane's first row starts ``origin``
+    elements into it (see pack_phases).
     """
     cdef int64_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef int64_t G = wpk.shape[0], blocks = wpk.shape[1], Cg = wpk.shape[2]
@@ -740,8 +745,8 @@ def forward_local(const floating[:, :, :, ::1] x,           # IN  (N, C, H, W)
                 _pack_shifted(&x[n, g * Cg + c, 0, 0], xs + c * chan_stride, H, W, sh, sw, dw,
                               S, pt, pl, Hph, Wph, plane_len, True)
             else:
-                _pack_channel(&x[n, g * Cg + c, 0, 0], xs + c * chan_stride, H, W, sh, sw,
-                              pt, pl, Hph, Wph, plane_len, True)
+                _pack_channel(&x[n, g * Cg + c, 0, 0], xs + c * chan_stride + origin, H, W,
+                              sh, sw, pt, pl, Hph, Wph, plane_len - origin, True)
         for blk in range(b0, b1):
             k0 = blk * kb
             kcount = Kg - k0
