@@ -541,12 +541,14 @@ def _forward_direct(x, weight, bias, g, y, n_threads):
     if own_layout:
         # Nothing to pack: the channel-vector kernel reads x where it is.
         local, plane_len = False, g.H * g.W
+    # The grid kernels' planes share their rows' column padding where they can.
+    shared = None if shifted or channel_vector else _shared_padding_layout(g)
     origin, pl = 0, g.padding[1][0]
     if shifted:
         Hph, Wph, plane_len, tap_off = _shifted_layout(g)
-    elif not channel_vector and _shared_padding_layout(g) is not None:
-        Hph, Wph, plane_len, tap_off, origin = _shared_padding_layout(g)
-        layout, pl = (Hph, Wph, plane_len, tap_off), 0
+    elif shared is not None:
+        Hph, Wph, plane_len, tap_off, origin = shared
+        layout, pl = shared[:4], 0
     weight = _pack_weight(weight, g, kb, n_threads)
     c_pass = _grid_channel_pass(g, x.itemsize)
     gstride = g.P * Wph + _conv.PLANE_SLACK
