@@ -929,8 +929,9 @@ def test_shared_padding_layout(N, C, H, W, K, R, S, padding, dilation, dtype, mo
         gi, convkit.conv2d_backward(gy, x, w, output_mask=(True, False, False), **kw)[0])
     x_ref = np.nan_to_num(x, nan=0.0, posinf=0.0)
     finite = reference.conv2d(x_ref, w, padding=padding, dilation=dilation)
-    touched = reference.conv2d(np.isfinite(x).astype(dtype) * 0 + (~np.isfinite(x)),
-                               np.ones_like(w), padding=padding, dilation=dilation) > 0
+    # The outputs whose window holds the inf or the NaN.
+    touched = reference.conv2d((~np.isfinite(x)).astype(dtype), np.ones_like(w),
+                               padding=padding, dilation=dilation) > 0
     assert np.all(np.isfinite(y) == ~touched)
     assert_close(y[~touched], finite[~touched])
 
