@@ -386,7 +386,7 @@ def _shared_padding_layout(g):
     if g.stride != (1, 1) or min(pl, pr) <= 0 or min(pt, pb) < 0 or g.W + z < g.Q:
         return None
     (dh, dw) = g.dilation
-    Hph = g.P + (g.R - 1) * dh
+    Hph = _phase_layout(g)[0]  # the same rows
     Wph = g.W + z
     plane_len = z + (Hph + 1) * Wph + _conv.PLANE_SLACK
     offsets = (z + np.arange(g.R)[:, None] * dh * Wph + np.arange(g.S)[None, :] * dw - pl)
