@@ -70,6 +70,10 @@ _GRID_PASS_BYTES = _conv.grid_pass_bytes()
 # Bytes of per-image grad_weight products the im2col path holds at once.
 _PRODUCTS_BYTES = 32 * _MiB
 _workspace_limit = 256 * _MiB
+# Fields of a row of the channel-vector forward's plan (_channel_vector_plan).
+_PLAN_FIELDS = 7
+# The plan the grid kernels are given (they take none).
+_NO_PLAN = (np.zeros(1, dtype=np.int64), np.zeros((1, _PLAN_FIELDS), dtype=np.int64))
 
 
 def set_workspace_limit(nbytes):
@@ -466,6 +470,100 @@ def _channel_vector(g, itemsize, Wph):
             and (Wph - g.Q) * 8 >= Wph)
 
 
+def _tap_box(size, out, stride, dilation, pad, taps):
+    """Per output index (out,): [lo, hi), the taps reading inside ``size`` input elements.
+
+    Tap i reads input index o*stride + i*dilation - pad; the valid taps of
+    an output are consecutive. An output no tap reads inside gets lo = taps,
+    hi = 0, which a union (min of lo, max of hi) passes over.
+    """
+    first = np.arange(out)[:, None] * stride + np.arange(taps)[None, :] * dilation - pad
+    valid = (first >= 0) & (first < size)
+    some = valid.any(axis=1)
+    lo = np.where(some, valid.argmax(axis=1), taps)
+    hi = np.where(some, taps - valid[:, ::-1].argmax(axis=1), 0)
+    return lo, hi
+
+
+def _plan_blocks(chunks, boxes, qb, qt):
+    """Plan rows (start, count, register block, r_lo, r_hi, s_lo, s_hi) for ``chunks``.
+
+    ``chunks`` are index arrays into ``boxes`` (positions, 4): each chunk
+    a block of at most qb positions, summing the union of its boxes.
+    """
+    rows, start = [], 0
+    for chunk in chunks:
+        b = boxes[chunk]
+        rows.append((start, len(chunk), qt if len(chunk) <= qt else qb,
+                     b[:, 0].min(), b[:, 1].max(), b[:, 2].min(), b[:, 3].max()))
+        start += len(chunk)
+    return np.array(rows, dtype=np.int64).reshape(-1, _PLAN_FIELDS)
+
+
+def _plan_cost(plan):
+    """Multiply-adds of a plan per (channel, output channel): register slots x taps."""
+    return int((plan[:, 2] * np.maximum(plan[:, 4] - plan[:, 3], 0)
+                * np.maximum(plan[:, 6] - plan[:, 5], 0)).sum())
+
+
+def _in_runs(positions, qb, qt):
+    """``positions`` cut into blocks of qb, the last qt or fewer in a block of its own."""
+    chunks, j, n = [], 0, len(positions)
+    while j < n:
+        width = qt if n - j <= qt else qb
+        chunks.append(positions[j:j + width])
+        j += width
+    return chunks
+
+
+@functools.lru_cache(maxsize=256)
+def _channel_vector_plan(g, qb, qt, skip_padding):
+    """The channel-vector forward's blocks of output positions (see CK_DEFINE_FORWARD_KVEC).
+
+    Returns (order, plan): the P*Q output positions p*Q + q in the order
+    the blocks take them, and one row per block (start in order, count,
+    register block qb or qt, r_lo, r_hi, s_lo, s_hi), the kernel taps
+    (r, s) it sums. With ``skip_padding`` a block leaves out the taps that
+    read only padding for all its positions: the positions are grouped by
+    their own box of taps (edge rows and columns apart from the inside),
+    whole blocks of each group first, the rest taken together in the order
+    of their boxes; where that plan costs more multiply-adds than blocks in
+    the output's order, each summing the union of its positions' boxes,
+    the latter is kept. Without it (a weight that is not finite must meet
+    the padding's zeros, as in the reference) every block sums every tap.
+    resnet-3x3-c256's 14x14 with 6-position blocks: 91.8% of the
+    multiply-adds of every tap (the real ones: 90.7%), 96.3% with the
+    output's order.
+    """
+    (sh, sw), (dh, dw) = g.stride, g.dilation
+    npos = g.P * g.Q
+    natural = np.arange(npos, dtype=np.int64)
+    if not skip_padding:
+        boxes = np.tile(np.array([0, g.R, 0, g.S], dtype=np.int64), (npos, 1))
+        return _read_only(natural), _read_only(_plan_blocks(_in_runs(natural, qb, qt), boxes,
+                                                            qb, qt))
+    r_lo, r_hi = _tap_box(g.H, g.P, sh, dh, g.padding[0][0], g.R)
+    s_lo, s_hi = _tap_box(g.W, g.Q, sw, dw, g.padding[1][0], g.S)
+    p, q = np.divmod(natural, g.Q)
+    boxes = np.stack([r_lo[p], r_hi[p], s_lo[q], s_hi[q]], axis=1).astype(np.int64)
+    best_order, best = natural, _plan_blocks(_in_runs(natural, qb, qt), boxes, qb, qt)
+    # Groups of one box, the boxes with the most taps first.
+    taps = (np.maximum(boxes[:, 1] - boxes[:, 0], 0) * np.maximum(boxes[:, 3] - boxes[:, 2], 0))
+    by_box = np.lexsort((natural, boxes[:, 3], -boxes[:, 2], boxes[:, 1], -boxes[:, 0], -taps))
+    same = np.all(boxes[by_box[1:]] == boxes[by_box[:-1]], axis=1)
+    groups = np.split(by_box, np.flatnonzero(~same) + 1)
+    chunks, rest = [], []
+    for group in groups:
+        whole = len(group) - len(group) % qb
+        chunks += [group[j:j + qb] for j in range(0, whole, qb)]
+        rest.append(group[whole:])
+    chunks += _in_runs(np.concatenate(rest), qb, qt)
+    grouped = _plan_blocks(chunks, boxes, qb, qt)
+    if _plan_cost(grouped) < _plan_cost(best):
+        best_order, best = np.concatenate(chunks), grouped
+    return _read_only(np.ascontiguousarray(best_order, dtype=np.int64)), _read_only(best)
+
+
 def _use_depthwise_forward(g, y):
     """Whether a direct forward runs in place, a plane at a time (_conv.forward_depthwise).
 
@@ -505,7 +603,12 @@ def _grid_channel_pass(g, itemsize):
     return max(1, _GRID_PASS_BYTES // (g.stride[0] * g.stride[1] * itemsize))
 
 
-def _forward_direct(x, weight, bias, g, y, n_threads):
+def _forward_direct(x, weight, bias, g, y, n_threads, weights_finite=None):
+    """y = conv(x, weight) + bias by the direct kernels.
+
+    ``weights_finite``: whether every weight is known finite (None: look),
+    which lets the channel-vector kernel skip the taps that read padding.
+    """
     bias = np.zeros(g.K, x.dtype) if bias is None else contiguous(bias)
     if _use_depthwise_forward(g, y):
         taps = np.ascontiguousarray(weight.reshape(g.K, g.R * g.S))
@@ -519,10 +622,15 @@ def _forward_direct(x, weight, bias, g, y, n_threads):
     Hph, Wph, plane_len, tap_off = layout = _phase_layout(g)
     (sh, sw) = g.stride
     channel_vector = _channel_vector(g, x.itemsize, Wph)
+    order, plan = _NO_PLAN
     if channel_vector:
-        kb = _conv.channel_vector_block(x.itemsize, wide=True)
-        if g.K_per_group < kb:
-            kb = _conv.channel_vector_block(x.itemsize)
+        wide = g.K_per_group >= _conv.channel_vector_block(x.itemsize, wide=True)
+        kb = _conv.channel_vector_block(x.itemsize, wide=wide)
+        # Only a geometry with padding has taps to skip; a weight that is
+        # not finite must meet the padding's zeros (0 * inf is NaN).
+        skip = any(pad > 0 for pads in g.padding for pad in pads) and (
+            _all_finite(weight) if weights_finite is None else weights_finite)
+        order, plan = _channel_vector_plan(g, *_conv.channel_vector_tile(wide), skip)
     else:
         kb = _conv.CHANNEL_BLOCK if g.K_per_group >= 4 else 1
     # Tasks pack their own channels into cache: per (image, group), running
@@ -552,11 +660,9 @@ def _forward_direct(x, weight, bias, g, y, n_threads):
     weight = _pack_weight(weight, g, kb, n_threads)
     c_pass = _grid_channel_pass(g, x.itemsize)
     gstride = g.P * Wph + _conv.PLANE_SLACK
-    # The channel-vector kernel keeps partial sums there ([position][channel],
-    # with room for its last block of positions: at most 16 past P*Q).
-    grid = kb * (g.P * g.Q + 16) if channel_vector else kb * gstride
-    # Stride 1: plane rows [pt, pt + H) hold the input, the rest is padding.
-    rows = g.H if g.stride == (1, 1) else -1
+    # The channel-vector kernel keeps partial sums there ([position in its
+    # plan's order][channel]).
+    grid = kb * g.P * g.Q if channel_vector else kb * gstride
     if local:
         planes = g.S * sh if shifted else sh * sw
         # Zero where the packing leaves padding: still so if the last call
@@ -565,7 +671,7 @@ def _forward_direct(x, weight, bias, g, y, n_threads):
                            x.dtype, zero=True, zero_key=("forward_local", g, shifted, kb))
         _conv.forward_local(x, weight, tap_off, bias, y, scratch, sh, sw, g.padding[0][0],
                             pl, Hph, Wph, plane_len, per_image, channel_vector,
-                            g.S, g.dilation[0], rows, shifted, g.dilation[1], c_pass,
+                            g.S, order, plan, shifted, g.dilation[1], c_pass,
                             n_threads, origin)
         return
     if own_layout:
@@ -574,7 +680,7 @@ def _forward_direct(x, weight, bias, g, y, n_threads):
         packed = _pack_input(x, g, layout, n_threads, origin)
     scratch = _scratch("threads", (n_threads, grid), x.dtype)
     _conv.forward_packed(packed, weight, tap_off, bias, y, scratch, Wph, channel_vector, g.S,
-                         g.dilation[0], g.padding[0][0], rows, c_pass, n_threads)
+                         order, plan, c_pass, n_threads)
 
 
 def _phase_taps(a, stride, dilation, pad, kernel):
@@ -688,9 +794,10 @@ def _grad_input_direct(grad_output, weight, g, n_threads):
             phase = ConvGeometry(g.N, g.K, g.P, g.Q, g.C, R_a, S_b, H_a, W_b, G, (1, 1),
                                  (d_r, d_s), pads)
             sub = swapped[:, :, :, _taps_slice(rows), _taps_slice(cols)]
-            # The kernels write the phase's rows and columns in place.
+            # The kernels write the phase's rows and columns in place; the
+            # weights are finite (conv2d_backward sends others to im2col).
             _forward_direct(grad_output, sub, None, phase, grad_input[:, :, a::sh, b::sw],
-                            n_threads)
+                            n_threads, weights_finite=True)
     return grad_input
 
 

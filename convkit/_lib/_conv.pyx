@@ -211,11 +211,13 @@ cdef extern from "_direct.h" nogil:
     ctypedef void (*ck_fwdk_f32_t)(const float *, const float *, const int64_t *, int64_t,
                                    int64_t, int64_t, int64_t, int64_t, int64_t, float *,
                                    int64_t, float *, int64_t, int64_t, int64_t, int64_t,
-                                   const float *, int64_t, int64_t, int64_t, int64_t)
+                                   const float *, int64_t, const int64_t *, const int64_t *,
+                                   int64_t)
     ctypedef void (*ck_fwdk_f64_t)(const double *, const double *, const int64_t *, int64_t,
                                    int64_t, int64_t, int64_t, int64_t, int64_t, double *,
                                    int64_t, double *, int64_t, int64_t, int64_t, int64_t,
-                                   const double *, int64_t, int64_t, int64_t, int64_t)
+                                   const double *, int64_t, const int64_t *, const int64_t *,
+                                   int64_t)
     ctypedef void (*ck_gw_f32_t)(const float *, int64_t, int64_t, int64_t, const float *,
                                  int64_t, const int64_t *, int64_t, int64_t, int64_t,
                                  float *, int64_t)
@@ -311,6 +313,10 @@ cdef extern from "_direct.h" nogil:
         ck_fwd_f64_t fwdq_f64
         ck_transpose_f32_t transpose_f32
         ck_transpose_f64_t transpose_f64
+        int kvec_qb
+        int kvec_qt
+        int kvecw_qb
+        int kvecw_qt
     ck_kernels_t ck_kernels
     void ck_select_kernels(const char *cap)
     int ck_fwd_kind(int64_t terms, int64_t taps, int64_t grid_len, int64_t itemsize)
@@ -344,6 +350,17 @@ def channel_vector_block(itemsize, wide=False):
     if wide:
         return ck_kernels.kvecw_f32 if itemsize == 4 else ck_kernels.kvecw_f64
     return ck_kernels.kvec_f32 if itemsize == 4 else ck_kernels.kvec_f64
+
+
+def channel_vector_tile(wide=False):
+    """(QB, QT): output positions per register block of the channel-vector forward.
+
+    QB for its blocks, QT for the short ones of its plans (see
+    CK_DEFINE_FORWARD_KVEC); ``wide`` as in channel_vector_block.
+    """
+    if wide:
+        return ck_kernels.kvecw_qb, ck_kernels.kvecw_qt
+    return ck_kernels.kvec_qb, ck_kernels.kvec_qt
 
 
 def grad_weight_channel_block(itemsize, wide=False):
@@ -665,19 +682,22 @@ cdef inline void _forward_block(const floating *x, const floating *w, const int6
                                 int64_t Q, int64_t P, floating *grid, int64_t gstride,
                                 floating *y, int64_t ks, int64_t rs, int64_t cs,
                                 int64_t kcount, const floating *bias, int64_t kb,
-                                bint channel_vector, int64_t S, int64_t dh, int64_t row_lo,
-                                int64_t rows, int64_t c_pass) noexcept nogil:
+                                bint channel_vector, int64_t S, const int64_t *order,
+                                const int64_t *plan, int64_t nblocks,
+                                int64_t c_pass) noexcept nogil:
     """One block of output channels of one image, written at y[k*ks + p*rs + q*cs].
 
-    The grid kernels sum the input channels in passes of ``c_pass`` (0: one
-    pass), with the same sums as one pass.
+    The channel-vector kernel runs the ``nblocks`` blocks of its ``plan``
+    over the positions in ``order`` (see _channel_vector_plan in
+    functional.py). The grid kernels sum the input channels in passes of
+    ``c_pass`` (0: one pass), with the same sums as one pass.
     """
     cdef ck_kernels_t kern = ck_kernels
     if floating is float:
         if channel_vector:
             (kern.fwdkw_f32 if kb == kern.kvecw_f32 else kern.fwdk_f32)(
                 x, w, tap_off, Cg, RS, chan_stride, Wph, Q, P, grid, gstride, y, ks, rs, cs,
-                kcount, bias, S, dh, row_lo, rows)
+                kcount, bias, S, order, plan, nblocks)
         else:
             (kern.fwd1_f32 if kb != CK_KB else ck_fwd_grid_f32(Cg * RS, RS, P * Wph))(
                 x, w, tap_off, Cg, RS, chan_stride, Wph, Q, P, grid, gstride, y, ks, rs, cs,
@@ -686,7 +706,7 @@ cdef inline void _forward_block(const floating *x, const floating *w, const int6
         if channel_vector:
             (kern.fwdkw_f64 if kb == kern.kvecw_f64 else kern.fwdk_f64)(
                 x, w, tap_off, Cg, RS, chan_stride, Wph, Q, P, grid, gstride, y, ks, rs, cs,
-                kcount, bias, S, dh, row_lo, rows)
+                kcount, bias, S, order, plan, nblocks)
         else:
             (kern.fwd1_f64 if kb != CK_KB else ck_fwd_grid_f64(Cg * RS, RS, P * Wph))(
                 x, w, tap_off, Cg, RS, chan_stride, Wph, Q, P, grid, gstride, y, ks, rs, cs,
@@ -701,8 +721,8 @@ def forward_local(const floating[:, :, :, ::1] x,           # IN  (N, C, H, W)
                   floating[:, ::1] scratch,  # ZEROED (n_threads, C/G*planes*plane_len + grid)
                   int64_t sh, int64_t sw, int64_t pt, int64_t pl, int64_t Hph, int64_t Wph,
                   int64_t plane_len, bint per_image, bint channel_vector, int64_t S,
-                  int64_t dh, int64_t rows, bint shifted, int64_t dw, int64_t c_pass,
-                  int n_threads, int64_t origin=0):
+                  const int64_t[::1] order, const int64_t[:, ::1] plan, bint shifted,
+                  int64_t dw, int64_t c_pass, int n_threads, int64_t origin=0):
     """forward_packed with each task packing the input channels it reads itself.
 
     The C/G channels of a group of one image are packed into the thread's
@@ -754,8 +774,8 @@ def forward_local(const floating[:, :, :, ::1] x,           # IN  (N, C, H, W)
                 kcount = kb
             _forward_block(xs, &wpk[g, blk, 0, 0, 0], &tap_off[0], Cg, RS, chan_stride, Wph,
                            Q, P, xs + Cg * chan_stride, gstride, &y[n, g * Kg + k0, 0, 0],
-                           ks, rs, cs, kcount, &bias[g * Kg + k0], kb, channel_vector, S, dh,
-                           pt, rows, c_pass)
+                           ks, rs, cs, kcount, &bias[g * Kg + k0], kb, channel_vector, S,
+                           &order[0], &plan[0, 0], plan.shape[0], c_pass)
 
 
 def forward_depthwise(const floating[:, :, :, ::1] x,  # IN  (N, C, H, W)
@@ -793,17 +813,16 @@ def forward_packed(const floating[:, :, :, ::1] xpk,      # IN  (N, C, phases, p
                    const floating[::1] bias,              # IN  (K,)
                    floating[:, :, :, :] y,                # OUT (N, K, P, Q), any strides
                    floating[:, ::1] scratch,              # (n_threads, kb * gstride)
-                   int64_t Wph, bint channel_vector, int64_t S, int64_t dh, int64_t row_lo,
-                   int64_t rows, int64_t c_pass, int n_threads):
+                   int64_t Wph, bint channel_vector, int64_t S, const int64_t[::1] order,
+                   const int64_t[:, ::1] plan, int64_t c_pass, int n_threads):
     """y = conv of the packed input with the packed weights (see _direct.h).
 
     kb (the weights' last axis) selects the kernel: CK_KB output channels
     over grid vectors, 1 channel over grid vectors, or, with
     ``channel_vector``, channel_vector_block() channels in the vector lanes.
-    The channel-vector kernel skips kernel rows that read only padding when
-    ``rows`` >= 0: S taps per kernel row, dilation dh, input in plane rows
-    [row_lo, row_lo + rows) (stride 1 only; pass rows = -1 otherwise). The
-    grid kernels sum the input channels in passes of ``c_pass`` (0: one pass).
+    The channel-vector kernel runs the blocks of ``plan`` over the
+    positions in ``order`` (functional._channel_vector_plan; S taps per
+    kernel row; the grid kernels take any one-row plan). The grid kernels sum the input channels in passes of ``c_pass`` (0: one pass).
     """
     cdef int64_t N = xpk.shape[0], C = xpk.shape[1]
     cdef int64_t chan_stride = xpk.shape[2] * xpk.shape[3]
@@ -826,7 +845,7 @@ def forward_packed(const floating[:, :, :, ::1] xpk,      # IN  (N, C, phases, p
         _forward_block(&xpk[n, g * Cg, 0, 0], &wpk[g, blk, 0, 0, 0], &tap_off[0], Cg, RS,
                        chan_stride, Wph, Q, P, &scratch[omp_get_thread_num(), 0], gstride,
                        &y[n, g * Kg + k0, 0, 0], ks, rs, cs, kcount, &bias[g * Kg + k0], kb,
-                       channel_vector, S, dh, row_lo, rows, c_pass)
+                       channel_vector, S, &order[0], &plan[0, 0], plan.shape[0], c_pass)
 
 
 def grad_weight_packed(const floating[:, :, ::1] gy_grid,   # IN  (N, K, P*Wph) zero at q >= Q

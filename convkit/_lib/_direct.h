@@ -236,66 +236,68 @@ static int64_t ck_kvec_chunk_bytes = CK_KVEC_CHUNK_BYTES;
  * within 1%. */
 #define CK_GRID_PASS_BYTES 256
 static int64_t ck_grid_pass_bytes = CK_GRID_PASS_BYTES;
+/* Fields of a block of the channel-vector forward's plan (see
+ * CK_DEFINE_FORWARD_KVEC). */
+#define CK_KVEC_PLAN_FIELDS 7
 static inline int64_t ck_kvec_chunk(int64_t per_channel, int64_t Cg)
 {
     int64_t cb = ck_kvec_chunk_bytes / per_channel;
     return cb < 1 ? 1 : cb > Cg ? Cg : cb;
 }
 
-/* One block of QBX output positions from j0 (count of them real) of
- * CK_DEFINE_FORWARD_KVEC, every input channel of the pass [c0, c1). */
+/* Tap t of input channel c for a block of QBX positions (CK_KVEC_POSITIONS). */
+#define CK_KVEC_TAP(QBX)                                                               \
+    do {                                                                               \
+        const TK_ *xt = x + c * chan_stride + tap_off[t];                              \
+        const TK_ *wt = w + (c * RS + t) * KBW;                                        \
+        V wv[KV_];                                                                     \
+        for (v = 0; v < KV_; v++)                                                      \
+            memcpy(&wv[v], wt + v * VL, sizeof(V));                                    \
+        for (i = 0; i < (QBX); i++) {                                                  \
+            TK_ xs = xt[pos[i]];                                                       \
+            for (v = 0; v < KV_; v++)                                                  \
+                acc[i][v] += wv[v] * xs;                                               \
+        }                                                                              \
+    } while (0)
+
+/* One block of CK_DEFINE_FORWARD_KVEC's plan (bk: its row of `blocks`) in a
+ * register block of QBX positions, every input channel of the pass
+ * [c0, c1). */
 #define CK_KVEC_POSITIONS(QBX)                                                         \
     do {                                                                               \
-        int64_t pos[QBX], count = npos - j0 < (QBX) ? npos - j0 : (QBX);               \
+        int64_t j0 = bk[0], count = bk[1], pos[QBX], jj[QBX];                          \
         V acc[QBX][KV_];                                                               \
         TK_ *part = grid + j0 * KBW;                                                   \
         for (i = 0; i < (QBX); i++) {                                                  \
-            int64_t j = j0 + (i < count ? i : 0);                                      \
+            int64_t j = order[j0 + (i < count ? i : 0)];                               \
+            jj[i] = j;                                                                 \
             pos[i] = (j / Q) * Wph + j % Q;                                            \
             for (v = 0; v < KV_; v++) {                                                \
-                if (c0 == 0)                                                           \
+                if (c0 == 0 || i >= count)                                             \
                     acc[i][v] = (V){0};                                                \
                 else                                                                   \
                     memcpy(&acc[i][v], part + i * KBW + v * VL, sizeof(V));            \
             }                                                                          \
         }                                                                              \
-        int64_t t_lo = 0, t_hi = RS;                                                   \
-        if (rows >= 0) {                                                               \
-            /* Kernel rows r read plane rows p + r*dh; skip those reading              \
-             * only zero padding for every row p of this block. */                     \
-            int64_t pa = j0 / Q, pb = (j0 + count - 1) / Q;                            \
-            int64_t lo = row_lo - pb, hi = row_lo + rows - 1 - pa;                     \
-            int64_t r_lo = lo <= 0 ? 0 : (lo + dh - 1) / dh;                           \
-            int64_t r_hi = hi < 0 ? 0 : hi / dh + 1;                                   \
-            if (r_hi > RS / S)                                                         \
-                r_hi = RS / S;                                                         \
-            t_lo = r_lo * S;                                                           \
-            t_hi = r_hi > r_lo ? r_hi * S : t_lo;                                      \
-        }                                                                              \
-        for (c = c0; c < c1; c++) {                                                    \
-            const TK_ *xc = x + c * chan_stride;                                       \
-            const TK_ *wc = w + c * RS * KBW;                                          \
-            for (t = t_lo; t < t_hi; t++) {                                            \
-                const TK_ *xt = xc + tap_off[t];                                       \
-                V wv[KV_];                                                             \
-                for (v = 0; v < KV_; v++)                                              \
-                    memcpy(&wv[v], wc + t * KBW + v * VL, sizeof(V));                  \
-                for (i = 0; i < (QBX); i++) {                                          \
-                    TK_ xs = xt[pos[i]];                                               \
-                    for (v = 0; v < KV_; v++)                                          \
-                        acc[i][v] += wv[v] * xs;                                       \
-                }                                                                      \
-            }                                                                          \
-        }                                                                              \
+        if (bk[5] == 0 && bk[6] == S) {                                                \
+            /* Whole kernel rows: one run of taps. */                                  \
+            for (c = c0; c < c1; c++)                                                  \
+                for (t = bk[3] * S; t < bk[4] * S; t++)                                \
+                    CK_KVEC_TAP(QBX);                                                  \
+        } else                                                                         \
+            for (c = c0; c < c1; c++)                                                  \
+                for (r = bk[3]; r < bk[4]; r++)                                        \
+                    for (t = r * S + bk[5]; t < r * S + bk[6]; t++)                    \
+                        CK_KVEC_TAP(QBX);                                              \
         if (c1 < Cg) {                                                                 \
             /* A partial sum, stored exactly: the next chunk goes on                   \
              * from it, so the sum's order is that of one pass. */                     \
-            for (i = 0; i < (QBX); i++)                                                \
+            for (i = 0; i < count; i++)                                                \
                 for (v = 0; v < KV_; v++)                                              \
                     memcpy(part + i * KBW + v * VL, &acc[i][v], sizeof(V));            \
         } else                                                                         \
             for (i = 0; i < count; i++) {                                              \
-                TK_ *o = out + ((j0 + i) / Q) * out_rstride + ((j0 + i) % Q) * out_cstride; \
+                TK_ *o = out + (jj[i] / Q) * out_rstride + (jj[i] % Q) * out_cstride;  \
                 for (v = 0; v < KV_; v++) {                                            \
                     TK_ lanes[VL];                                                     \
                     memcpy(lanes, &acc[i][v], sizeof(lanes));                          \
@@ -306,17 +308,19 @@ static inline int64_t ck_kvec_chunk(int64_t per_channel, int64_t Cg)
     } while (0)
 
 /* Channel-vector forward: a block of VL*KV output channels lies in the vector
- * lanes and QB output positions are enumerated exactly (p*Q + q, across
- * rows), so no grid column is wasted; input values are broadcast. A last
- * block of at most QT positions takes a register block of QT (mnist-conv2's
- * 64 positions: 10 blocks of 6 and one of 4, where a block of 6 would
- * compute 2 in vain). With
- * rows >= 0 (a stride-1 layout whose plane rows [row_lo, row_lo + rows) hold
- * the input, the rest zero padding), kernel rows that read only padding for
- * every position of a block are skipped: the transposed convolutions of
- * grad_input on small maps are mostly padding. The sum
- * over (c, t) runs in the same order as in CK_DEFINE_FORWARD, whatever the
- * block. Weights are
+ * lanes and the output positions p*Q + q are enumerated exactly, so no grid
+ * column is wasted; input values are broadcast. The caller's plan
+ * (functional._channel_vector_plan) lists the positions in `order` and cuts
+ * that list into `nblocks` blocks, each a row of `blocks`: (start in order,
+ * count, register block QB or QT, r_lo, r_hi, s_lo, s_hi). A block sums the
+ * taps (r, s) of that box only (t = r*S + s): the plan leaves out the taps
+ * that read only zero padding for every position of the block, and groups
+ * positions with the same box (the columns and rows at the edges), so that
+ * a small map's padding costs no multiply-adds (resnet-3x3-c256's 14x14:
+ * 9.3% of them). A block of count < QB positions repeats its first in the
+ * lanes left over. The sum over (c, t) runs in the same order as in
+ * CK_DEFINE_FORWARD, less the terms the box leaves out (zeros times finite
+ * weights: the plan keeps every tap for weights that are not). Weights are
  * packed [c][t][VL*KV]. Worth it where the grid wastes much (Wph - Q large
  * against Q) and C*R*S is large enough to hide the transposed stores. */
 #define CK_DEFINE_FORWARD_KVEC(NAME, T, VBYTES, KV, QB, QT, ATTR)                      \
@@ -325,25 +329,25 @@ static inline int64_t ck_kvec_chunk(int64_t per_channel, int64_t Cg)
                           int64_t Wph, int64_t Q, int64_t P, T *grid, int64_t gstride, \
                           T *out, int64_t out_kstride, int64_t out_rstride,            \
                           int64_t out_cstride, int64_t kcount,                         \
-                          const T *bias, int64_t S, int64_t dh, int64_t row_lo,        \
-                          int64_t rows)                                                \
+                          const T *bias, int64_t S, const int64_t *order,              \
+                          const int64_t *blocks, int64_t nblocks)                      \
     {                                                                                  \
         typedef T V __attribute__((vector_size(VBYTES)));                              \
         typedef T TK_;                                                                 \
         enum { VL = VBYTES / sizeof(T), KBW = VL * KV, KV_ = KV };                     \
-        int64_t j0, i, c, c0, c1, t, v, l, npos = P * Q;                               \
+        int64_t b, i, c, c0, c1, r, t, v, l;                                           \
         int64_t cb = ck_kvec_chunk(RS * KBW * (int64_t)sizeof(T), Cg);                 \
         (void)gstride;                                                                 \
+        (void)P;                                                                       \
         for (c0 = 0; c0 < Cg; c0 = c1) {                                               \
             c1 = c0 + cb < Cg ? c0 + cb : Cg;                                          \
-            for (j0 = 0; j0 < npos;)                                                   \
-                if ((QT) < (QB) && npos - j0 <= (QT)) {                                \
+            for (b = 0; b < nblocks; b++) {                                            \
+                const int64_t *bk = blocks + b * CK_KVEC_PLAN_FIELDS;                  \
+                if ((QT) < (QB) && bk[2] == (QT))                                      \
                     CK_KVEC_POSITIONS(QT);                                             \
-                    j0 += (QT);                                                        \
-                } else {                                                               \
+                else                                                                   \
                     CK_KVEC_POSITIONS(QB);                                             \
-                    j0 += (QB);                                                        \
-                }                                                                      \
+            }                                                                          \
         }                                                                              \
     }
 
@@ -1418,11 +1422,11 @@ typedef void (*ck_fwd_f64_t)(const double *, const double *, const int64_t *, in
 typedef void (*ck_fwdk_f32_t)(const float *, const float *, const int64_t *, int64_t, int64_t,
                               int64_t, int64_t, int64_t, int64_t, float *, int64_t, float *,
                               int64_t, int64_t, int64_t, int64_t, const float *, int64_t,
-                              int64_t, int64_t, int64_t);
+                              const int64_t *, const int64_t *, int64_t);
 typedef void (*ck_fwdk_f64_t)(const double *, const double *, const int64_t *, int64_t,
                               int64_t, int64_t, int64_t, int64_t, int64_t, double *, int64_t,
                               double *, int64_t, int64_t, int64_t, int64_t, const double *,
-                              int64_t, int64_t, int64_t, int64_t);
+                              int64_t, const int64_t *, const int64_t *, int64_t);
 typedef void (*ck_gw_f32_t)(const float *, int64_t, int64_t, int64_t, const float *, int64_t,
                             const int64_t *, int64_t, int64_t, int64_t, float *, int64_t);
 typedef void (*ck_gw_f64_t)(const double *, int64_t, int64_t, int64_t, const double *,
@@ -1523,6 +1527,9 @@ typedef struct {
     int fwdq_block_bytes;
     ck_transpose_f32_t transpose_f32; /* AVX-512 takes the AVX2 one */
     ck_transpose_f64_t transpose_f64;
+    /* positions per register block of fwdk_* and fwdkw_* (QB), and per
+     * register block of their short blocks (QT) */
+    int kvec_qb, kvec_qt, kvecw_qb, kvecw_qt;
 } ck_kernels_t;
 
 static ck_kernels_t ck_kernels = {
@@ -1534,7 +1541,8 @@ static ck_kernels_t ck_kernels = {
     ck_nonfinite_f32_base, ck_nonfinite_f64_base, ck_col2im_f32_base, ck_col2im_f64_base,
     ck_fwd_f32_base, ck_fwd_f64_base, ck_fwdw_f32_base, ck_fwdw_f64_base, CK_SHORT, 0, 32, 32,
     ck_col2ims_f32_base, ck_col2ims_f64_base, ck_gwk_f32_base, ck_gwk_f64_base, 8, 4, 6,
-    ck_fwd_f32_base, ck_fwd_f64_base, 32, ck_transpose_f32_base, ck_transpose_f64_base};
+    ck_fwd_f32_base, ck_fwd_f64_base, 32, ck_transpose_f32_base, ck_transpose_f64_base,
+    3, 3, 3, 3};
 
 /* Pick the widest variant this CPU runs; CONVKIT_ISA=avx2|baseline caps it. */
 static void ck_select_kernels(const char *cap)
@@ -1560,7 +1568,7 @@ static void ck_select_kernels(const char *cap)
                           1, 192, 128, ck_col2ims_f32_avx512, ck_col2ims_f64_avx512,
                           ck_gwkw_f32_avx512, ck_gwkw_f64_avx512, 64, 32, 6,
                           ck_fwdq_f32_avx512, ck_fwdq_f64_avx512, 256,
-                          ck_transpose_f32_avx2, ck_transpose_f64_avx2};
+                          ck_transpose_f32_avx2, ck_transpose_f64_avx2, 8, 4, 6, 4};
         ck_kernels = k;
         /* AMD family 19h with AVX-512 is Zen 4 (Zen 3 has none, Zen 5 is 1Ah):
          * its kernels run fastest summing every input channel in one pass. */
@@ -1581,7 +1589,7 @@ static void ck_select_kernels(const char *cap)
                           ck_fwdw_f32_avx2, ck_fwdw_f64_avx2, CK_SHORT, 0, 96, 32,
                           ck_col2ims_f32_avx2, ck_col2ims_f64_avx2, ck_gwk_f32_avx2,
                           ck_gwk_f64_avx2, 16, 8, 6, ck_fwds_f32_avx2, ck_fwds_f64_avx2, 32,
-                          ck_transpose_f32_avx2, ck_transpose_f64_avx2};
+                          ck_transpose_f32_avx2, ck_transpose_f64_avx2, 6, 4, 6, 4};
         ck_kernels = k;
     }
 #else
