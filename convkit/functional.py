@@ -904,7 +904,13 @@ def _grad_weight_channel_vector(grad_output, x, g, n_threads):
     the geometry alone) whose partial sums are added in order, so the
     result never depends on the thread count.
     """
+    # Small padded maps (where a padded copy would pay) leave out the
+    # padding's terms instead, reading x in place, if grad_output is finite:
+    # an inf or NaN there must meet those zeros (0 * inf is NaN, as in the
+    # reference).
     padded = _pad_for_grad_weight(g)
+    exact = padded and _all_finite(grad_output)
+    padded = padded and not exact
     roff, soff, p_lo, p_hi, q_lo, q_hi, zeros = _tap_rows_columns(g, x.dtype, padded)
     (sh, sw) = g.stride
     G, Kg, N = g.groups, g.K_per_group, g.N
@@ -939,7 +945,7 @@ def _grad_weight_channel_vector(grad_output, x, g, n_threads):
     _conv.grad_weight_channel_vector(grad_output.reshape(N, g.K, g.P * g.Q), image, roff, soff,
                                      zeros, bounds, partial, scratch, H, W, g.P, g.Q, sh, sw,
                                      p_lo, p_hi, q_lo, q_hi, cols_per_task, chunk_rows,
-                                     wide, n_threads)
+                                     wide, exact, n_threads)
     grad_weight = partial[0] if splits == 1 else partial[0].copy()
     for i in range(1, splits):
         grad_weight += partial[i]

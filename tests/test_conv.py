@@ -1065,3 +1065,49 @@ def test_channel_vector_forward_nonfinite_weight_meets_padding(dtype):
             np.testing.assert_array_equal(np.isinf(got), np.isinf(expected), err_msg=str(bad))
             finite = np.isfinite(expected)
             assert_close(got[finite], expected[finite], err_msg=str(bad))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("w_shape, kwargs", [
+    ((40, 40, 3, 3), dict(padding=1)),                        # c256-like "same"
+    ((36, 12, 5, 3), dict(padding=((2, 1), (0, 2)))),         # asymmetric, a K tail
+    ((64, 8, 3, 3), dict(padding=2, dilation=(2, 1))),        # dilated, over-padded rows
+])
+def test_channel_vector_grad_weight_leaves_out_padding(w_shape, kwargs, dtype, monkeypatch):
+    """On small padded maps the channel-vector grad_weight skips the padding's terms.
+
+    Same bits as its zero-padded copy (the terms it leaves out are gy * 0),
+    which it still takes for a grad_output holding an inf or a NaN: those
+    must meet the padding's zeros (0 * inf is NaN) as in the reference.
+    """
+    from convkit import functional
+    from convkit._validation import conv_geometry
+
+    rng = np.random.default_rng(21)
+    x = rng.standard_normal((3, w_shape[1], 9, 8)).astype(dtype)
+    weight = rng.standard_normal(w_shape).astype(dtype)
+    g = conv_geometry(x.shape, weight.shape, 1, kwargs["padding"], kwargs.get("dilation", 1), 1)
+    assert functional._pad_for_grad_weight(g)
+    assert functional._use_channel_vector_grad_weight(g, x.itemsize)
+    grad_y = rng.standard_normal(reference.conv2d(x, weight, **kwargs).shape).astype(dtype)
+
+    def grad_weight(gy):
+        return convkit.conv2d_backward(gy, x, weight, method="direct",
+                                       output_mask=(False, True, False), **kwargs)[1]
+
+    exact = grad_weight(grad_y)
+    assert_close(exact, reference.conv2d_backward(grad_y, x, weight, **kwargs)[1], kind="grad")
+    with monkeypatch.context() as m:
+        # The padded copy, as for a grad_output that is not finite.
+        m.setattr(functional, "_all_finite", lambda array: False)
+        padded = functional._grad_weight_channel_vector(grad_y, x, g, 2)
+    np.testing.assert_array_equal(exact, padded)
+    grad_y[0, 3, 0, 0] = np.inf         # a corner: reads the padding at most taps
+    grad_y[2, 5, -1, 4] = np.nan        # the last row
+    with np.errstate(invalid="ignore"):
+        got = grad_weight(grad_y)
+        expected = reference.conv2d_backward(grad_y, x, weight, **kwargs)[1]
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
+    np.testing.assert_array_equal(np.isinf(got), np.isinf(expected))
+    finite = np.isfinite(expected)
+    assert_close(got[finite], expected[finite], kind="grad")

@@ -228,13 +228,14 @@ cdef extern from "_direct.h" nogil:
                                   int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
                                   const int64_t *, const int64_t *, int64_t, int64_t, int64_t,
                                   int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
-                                  int64_t, const float *, int64_t, float *, float *, int64_t)
+                                  int64_t, const float *, int64_t, float *, float *, int64_t,
+                                  int64_t, int)
     ctypedef void (*ck_gwk_f64_t)(const double *, int64_t, int64_t, int64_t, const double *,
                                   int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
                                   const int64_t *, const int64_t *, int64_t, int64_t, int64_t,
                                   int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
                                   int64_t, const double *, int64_t, double *, double *,
-                                  int64_t)
+                                  int64_t, int64_t, int)
     ctypedef int (*ck_gwr_f32_t)(const float *, int64_t, int64_t, int64_t, const float *,
                                   int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
                                   int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
@@ -896,7 +897,7 @@ def grad_weight_channel_vector(const floating[:, :, ::1] gy,     # IN  (N, K, P*
                                int64_t H, int64_t W, int64_t P, int64_t Q, int64_t sh,
                                int64_t sw, int64_t p_lo, int64_t p_hi, int64_t q_lo,
                                int64_t q_hi, int64_t cols_per_task, int64_t chunk_rows,
-                               bint wide, int n_threads):
+                               bint wide, bint exact, int n_threads):
     """gw[i, k, c, t] = sum over images [bounds[i], bounds[i+1]) and output
     positions of gy[n, g*K/G + k, pos] * tap t of channel c of group g.
 
@@ -909,7 +910,9 @@ def grad_weight_channel_vector(const floating[:, :, ::1] gy,     # IN  (N, K, P*
     variant, grad_weight_channel_block(itemsize, True) channels a block and
     grad_weight_column_block(True) columns). The kernel reads x in place (see
     _direct.h): output rows [p_lo, p_hi) and columns [q_lo, q_hi) read
-    inside the image for every tap. Each thread's scratch row holds the
+    inside the image for every tap. With ``exact`` (finite gy, x in place)
+    the kernel leaves out the padding's terms, taking the columns
+    tap-major. Each thread's scratch row holds the
     kernel's accumulators and transposed chunk of grad_output:
     ceil(cols_per_task / tb) * tb + chunk_rows * Q rows of kb.
     """
@@ -949,13 +952,13 @@ def grad_weight_channel_vector(const floating[:, :, ::1] gy,     # IN  (N, K, P*
                     &x[n0, g * Cg, 0], C * chan_stride, chan_stride, H, W, sh, sw,
                     &roff[0], &soff[0], RS, col0, count, n1 - n0, P, Q, p_lo,
                     p_hi, q_lo, q_hi, &zrow[0], chunk_rows, work,
-                    &gw[i, g * Kg + blk * kb, 0, 0], Cg * RS)
+                    &gw[i, g * Kg + blk * kb, 0, 0], Cg * RS, Cg, exact)
         else:
             gwk_f64(&gy[n0, g * Kg + blk * kb, 0], K * P * Q, P * Q, kcount,
                     &x[n0, g * Cg, 0], C * chan_stride, chan_stride, H, W, sh, sw,
                     &roff[0], &soff[0], RS, col0, count, n1 - n0, P, Q, p_lo,
                     p_hi, q_lo, q_hi, &zrow[0], chunk_rows, work,
-                    &gw[i, g * Kg + blk * kb, 0, 0], Cg * RS)
+                    &gw[i, g * Kg + blk * kb, 0, 0], Cg * RS, Cg, exact)
 
 
 def grad_weight_depthwise(const floating[:, :, :, ::1] gy,  # IN  (N, K, P, Q)

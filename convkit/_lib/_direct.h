@@ -424,13 +424,19 @@ static inline int64_t ck_kvec_chunk(int64_t per_channel, int64_t Cg)
  * (roff[t] = r*dh - pt, soff[t] = s*dw - pl for tap t = r*S + s). A kernel
  * row outside the input reads `zrow` (W zeros) instead; the output columns
  * [q_lo, q_hi) read inside the input for every tap, the few outside that
- * range check each column. Positions are visited in chunks of chunk_rows
+ * range check each column. With `exact` the columns go tap-major instead
+ * (col = t*Cg + c, so that a block of TB is mostly of one tap) and a block
+ * visits only the output rows and columns where one of its taps reads
+ * inside the input: the padding's terms (gy * 0) are left out, which the
+ * caller allows only for finite gy (an inf must meet the padding's zeros
+ * as in the reference), and a block of one tap checks nothing. Positions are visited in chunks of chunk_rows
  * output rows: each chunk of grad_output is first transposed into scratch
  * as [position][channel] (channels >= kcount zero), where it stays in L1
  * while every column block of the task passes over it; the accumulators of
  * all blocks live in scratch between chunks. Each lane sums over n, then
  * p, then q, in order, whatever the ISA or thread count, the padding's
- * terms included (gy * 0, as a packed zero-padded copy would give). scratch
+ * terms included unless `exact` (gy * 0, as a packed zero-padded copy
+ * would give). scratch
  * holds ceil(ncols/TB)*TB*KBW + chunk_rows*Q*KBW elements. x points at
  * channel 0 of image 0, channels chan_stride apart. */
 /* (Helpers of CK_DEFINE_GRAD_WEIGHT_KVEC, using its TK_, KV_ and TB_.) */
@@ -460,9 +466,17 @@ static inline int64_t ck_kvec_chunk(int64_t per_channel, int64_t Cg)
     }
 #define CK_GWK_ROW(BASE, OFF)                                                           \
     do {                                                                                \
-        CK_GWK_COLUMNS(BASE, OFF, 0, q_lo, 1)                                           \
-        CK_GWK_COLUMNS(BASE, OFF, q_lo, q_hi, 0)                                        \
-        CK_GWK_COLUMNS(BASE, OFF, q_hi, Q, 1)                                           \
+        CK_GWK_COLUMNS(BASE, OFF, qu_lo, qi_lo, 1)                                      \
+        CK_GWK_COLUMNS(BASE, OFF, qi_lo, qi_hi, 0)                                      \
+        CK_GWK_COLUMNS(BASE, OFF, qi_hi, qu_hi, 1)                                      \
+    } while (0)
+/* [*LO, *HI): the outputs i < COUNT with 0 <= i*STRIDE + OFF < SIZE. */
+#define CK_GWK_INSIDE(OFF, STRIDE, SIZE, COUNT, LO, HI)                                 \
+    do {                                                                                \
+        int64_t lo_ = (OFF) < 0 ? (-(OFF) + (STRIDE) - 1) / (STRIDE) : 0;               \
+        int64_t hi_ = (SIZE) - (OFF) <= 0 ? 0 : ((SIZE) - (OFF) + (STRIDE) - 1) / (STRIDE); \
+        *(LO) = lo_ < (COUNT) ? lo_ : (COUNT);                                          \
+        *(HI) = hi_ < *(LO) ? *(LO) : hi_ < (COUNT) ? hi_ : (COUNT);                    \
     } while (0)
 #define CK_DEFINE_GRAD_WEIGHT_KVEC(NAME, T, VBYTES, KV, TB, ATTR)                       \
     ATTR static void NAME(const T *gy, int64_t gy_nstride, int64_t gy_kstride,          \
@@ -473,7 +487,7 @@ static inline int64_t ck_kvec_chunk(int64_t per_channel, int64_t Cg)
                           int64_t N, int64_t P, int64_t Q, int64_t p_lo, int64_t p_hi,  \
                           int64_t q_lo, int64_t q_hi,                                   \
                           const T *zrow, int64_t chunk_rows, T *scratch, T *gw,         \
-                          int64_t gw_kstride)                                           \
+                          int64_t gw_kstride, int64_t Cg, int exact)                    \
     {                                                                                   \
         typedef T V __attribute__((vector_size(VBYTES)));                               \
         typedef T TK_;                                                                  \
@@ -500,24 +514,53 @@ static inline int64_t ck_kvec_chunk(int64_t per_channel, int64_t Cg)
                     V acc[TB][KV];                                                      \
                     const T *xc[TB];                                                    \
                     int64_t ro[TB], so[TB], xd[TB];                                     \
+                    /* Output rows and columns visited (u: some tap of the block       \
+                     * reads inside the input) and read unchecked (i: every tap). */   \
+                    int64_t pu_lo = 0, pu_hi = P, pi_lo = p_lo, pi_hi = p_hi;           \
+                    int64_t qu_lo = 0, qu_hi = Q, qi_lo = q_lo, qi_hi = q_hi;           \
                     T *slot = scratch + b * TB * KBW;                                   \
                     for (i = 0; i < TB; i++) {                                          \
                         int64_t col = col0 + b * TB + i;                                \
                         if (col >= col0 + ncols)                                        \
-                            col = col0;                                                 \
-                        xc[i] = xn + (col / RS) * chan_stride;                          \
-                        ro[i] = roff[col % RS];                                         \
-                        so[i] = soff[col % RS];                                         \
+                            col = col0 + b * TB;                                        \
+                        int64_t c_ = exact ? col % Cg : col / RS;                       \
+                        int64_t t_ = exact ? col / Cg : col % RS;                       \
+                        xc[i] = xn + c_ * chan_stride;                                  \
+                        ro[i] = roff[t_];                                               \
+                        so[i] = soff[t_];                                               \
                         /* Tap i at output (p, q) reads xn[p*sh*W + q*sw + xd[i]]. */   \
-                        xd[i] = (col / RS) * chan_stride + ro[i] * W + so[i];           \
+                        xd[i] = c_ * chan_stride + ro[i] * W + so[i];                   \
+                        if (exact) {                                                    \
+                            int64_t a_, b_, e_, f_;                                     \
+                            CK_GWK_INSIDE(ro[i], sh, H, P, &a_, &b_);                   \
+                            CK_GWK_INSIDE(so[i], sw, W, Q, &e_, &f_);                   \
+                            if (i == 0) {                                               \
+                                pu_lo = pi_lo = a_;                                     \
+                                pu_hi = pi_hi = b_;                                     \
+                                qu_lo = qi_lo = e_;                                     \
+                                qu_hi = qi_hi = f_;                                     \
+                            } else {                                                    \
+                                pu_lo = a_ < pu_lo ? a_ : pu_lo;                        \
+                                pu_hi = b_ > pu_hi ? b_ : pu_hi;                        \
+                                pi_lo = a_ > pi_lo ? a_ : pi_lo;                        \
+                                pi_hi = b_ < pi_hi ? b_ : pi_hi;                        \
+                                qu_lo = e_ < qu_lo ? e_ : qu_lo;                        \
+                                qu_hi = f_ > qu_hi ? f_ : qu_hi;                        \
+                                qi_lo = e_ > qi_lo ? e_ : qi_lo;                        \
+                                qi_hi = f_ < qi_hi ? f_ : qi_hi;                        \
+                            }                                                           \
+                        }                                                               \
                     }                                                                   \
+                    /* The unchecked columns within the visited ones. */               \
+                    qi_lo = qi_lo < qu_lo ? qu_lo : qi_lo > qu_hi ? qu_hi : qi_lo;      \
+                    qi_hi = qi_hi < qi_lo ? qi_lo : qi_hi > qu_hi ? qu_hi : qi_hi;      \
                     /* Vector by vector: a whole-array copy becomes rep movs. */       \
                     for (i = 0; i < TB; i++)                                            \
                         for (v = 0; v < KV; v++)                                        \
                             memcpy(&acc[i][v], slot + (i * KV + v) * VL, sizeof(V));    \
-                    for (p = p0; p < p1; p++) {                                         \
+                    for (p = p0 > pu_lo ? p0 : pu_lo; p < (p1 < pu_hi ? p1 : pu_hi); p++) { \
                         const T *g = gt + (p - p0) * Q * KBW;                           \
-                        if (p >= p_lo && p < p_hi) {                                    \
+                        if (p >= pi_lo && p < pi_hi) {                                  \
                             /* Every tap's row lies in the input: one pointer moves,   \
                              * the taps lie at fixed offsets from it. */               \
                             const T *xp = xn + p * sh * W;                              \
@@ -539,11 +582,13 @@ static inline int64_t ck_kvec_chunk(int64_t per_channel, int64_t Cg)
                 }                                                                       \
             }                                                                           \
         }                                                                               \
-        for (i = 0; i < ncols; i++)                                                     \
+        for (i = 0; i < ncols; i++) {                                                   \
+            int64_t col = col0 + i, dst = exact ? (col % Cg) * RS + col / Cg : col;     \
             for (v = 0; v < KV; v++)                                                    \
                 for (l = 0; l < VL && v * VL + l < kcount; l++)                         \
-                    gw[(v * VL + l) * gw_kstride + col0 + i] =                          \
+                    gw[(v * VL + l) * gw_kstride + dst] =                               \
                         scratch[((i / TB) * TB * KV + (i % TB) * KV + v) * VL + l];    \
+        }                                                                               \
     }
 
 /* Depthwise grad_weight by rows, for column stride and dilation 1: one channel's
@@ -1437,12 +1482,13 @@ typedef void (*ck_gwk_f32_t)(const float *, int64_t, int64_t, int64_t, const flo
                              int64_t, int64_t, int64_t, int64_t, int64_t, const int64_t *,
                              const int64_t *, int64_t, int64_t, int64_t, int64_t, int64_t,
                              int64_t, int64_t, int64_t, int64_t, int64_t, const float *,
-                             int64_t, float *, float *, int64_t);
+                             int64_t, float *, float *, int64_t, int64_t, int);
 typedef void (*ck_gwk_f64_t)(const double *, int64_t, int64_t, int64_t, const double *,
                              int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
                              const int64_t *, const int64_t *, int64_t, int64_t, int64_t,
                              int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
-                             const double *, int64_t, double *, double *, int64_t);
+                             const double *, int64_t, double *, double *, int64_t, int64_t,
+                             int);
 
 typedef int (*ck_gwr_f32_t)(const float *, int64_t, int64_t, int64_t, const float *, int64_t,
                              int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
