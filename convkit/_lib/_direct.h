@@ -479,6 +479,10 @@ static inline int64_t ck_kvec_chunk(int64_t per_channel, int64_t Cg)
         *(HI) = hi_ < *(LO) ? *(LO) : hi_ < (COUNT) ? hi_ : (COUNT);                    \
     } while (0)
 #define CK_DEFINE_GRAD_WEIGHT_KVEC(NAME, T, VBYTES, KV, TB, ATTR)                       \
+    /* A function for each value of `exact`: sharing one, the other's per-block \
+     * bounds cost the hot loop a register (resnet-3x3's grad_weight 0.96x). */ \
+    CK_DEFINE_GRAD_WEIGHT_KVEC_BODY(NAME##_plain, T, VBYTES, KV, TB, ATTR, 0)           \
+    CK_DEFINE_GRAD_WEIGHT_KVEC_BODY(NAME##_exact, T, VBYTES, KV, TB, ATTR, 1)           \
     ATTR static void NAME(const T *gy, int64_t gy_nstride, int64_t gy_kstride,          \
                           int64_t kcount, const T *x, int64_t x_nstride,                \
                           int64_t chan_stride, int64_t H, int64_t W, int64_t sh,        \
@@ -489,6 +493,23 @@ static inline int64_t ck_kvec_chunk(int64_t per_channel, int64_t Cg)
                           const T *zrow, int64_t chunk_rows, T *scratch, T *gw,         \
                           int64_t gw_kstride, int64_t Cg, int exact)                    \
     {                                                                                   \
+        (exact ? NAME##_exact : NAME##_plain)(                                          \
+            gy, gy_nstride, gy_kstride, kcount, x, x_nstride, chan_stride, H, W, sh,    \
+            sw, roff, soff, RS, col0, ncols, N, P, Q, p_lo, p_hi, q_lo, q_hi, zrow,     \
+            chunk_rows, scratch, gw, gw_kstride, Cg);                                   \
+    }
+#define CK_DEFINE_GRAD_WEIGHT_KVEC_BODY(NAME, T, VBYTES, KV, TB, ATTR, EXACT)           \
+    ATTR static void NAME(const T *gy, int64_t gy_nstride, int64_t gy_kstride,          \
+                          int64_t kcount, const T *x, int64_t x_nstride,                \
+                          int64_t chan_stride, int64_t H, int64_t W, int64_t sh,        \
+                          int64_t sw, const int64_t *roff, const int64_t *soff,         \
+                          int64_t RS, int64_t col0, int64_t ncols,                      \
+                          int64_t N, int64_t P, int64_t Q, int64_t p_lo, int64_t p_hi,  \
+                          int64_t q_lo, int64_t q_hi,                                   \
+                          const T *zrow, int64_t chunk_rows, T *scratch, T *gw,         \
+                          int64_t gw_kstride, int64_t Cg)                               \
+    {                                                                                   \
+        enum { exact = EXACT };                                                         \
         typedef T V __attribute__((vector_size(VBYTES)));                               \
         typedef T TK_;                                                                  \
         enum { VL = VBYTES / sizeof(T), KBW = VL * KV, KV_ = KV, TB_ = TB };            \
@@ -551,14 +572,21 @@ static inline int64_t ck_kvec_chunk(int64_t per_channel, int64_t Cg)
                             }                                                           \
                         }                                                               \
                     }                                                                   \
-                    /* The unchecked columns within the visited ones. */               \
-                    qi_lo = qi_lo < qu_lo ? qu_lo : qi_lo > qu_hi ? qu_hi : qi_lo;      \
-                    qi_hi = qi_hi < qi_lo ? qi_lo : qi_hi > qu_hi ? qu_hi : qi_hi;      \
+                    if (exact) {                                                        \
+                        /* The unchecked columns within the visited ones. */           \
+                        qi_lo = qi_lo < qu_lo ? qu_lo : qi_lo > qu_hi ? qu_hi : qi_lo;  \
+                        qi_hi = qi_hi < qi_lo ? qi_lo : qi_hi > qu_hi ? qu_hi : qi_hi;  \
+                        pu_lo = pu_lo < p0 ? p0 : pu_lo;                                \
+                        pu_hi = pu_hi > p1 ? p1 : pu_hi;                                \
+                    } else {                                                            \
+                        pu_lo = p0;                                                     \
+                        pu_hi = p1;                                                     \
+                    }                                                                   \
                     /* Vector by vector: a whole-array copy becomes rep movs. */       \
                     for (i = 0; i < TB; i++)                                            \
                         for (v = 0; v < KV; v++)                                        \
                             memcpy(&acc[i][v], slot + (i * KV + v) * VL, sizeof(V));    \
-                    for (p = p0 > pu_lo ? p0 : pu_lo; p < (p1 < pu_hi ? p1 : pu_hi); p++) { \
+                    for (p = pu_lo; p < pu_hi; p++) {                                   \
                         const T *g = gt + (p - p0) * Q * KBW;                           \
                         if (p >= pi_lo && p < pi_hi) {                                  \
                             /* Every tap's row lies in the input: one pointer moves,   \
