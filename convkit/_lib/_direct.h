@@ -478,20 +478,21 @@ static inline int64_t ck_kvec_chunk(int64_t per_channel, int64_t Cg)
         *(LO) = lo_ < (COUNT) ? lo_ : (COUNT);                                          \
         *(HI) = hi_ < *(LO) ? *(LO) : hi_ < (COUNT) ? hi_ : (COUNT);                    \
     } while (0)
+/* The parameters of CK_DEFINE_GRAD_WEIGHT_KVEC's functions, but `exact`. */
+#define CK_GWK_PARAMS(T)                                                                \
+    const T *gy, int64_t gy_nstride, int64_t gy_kstride, int64_t kcount, const T *x,    \
+    int64_t x_nstride, int64_t chan_stride, int64_t H, int64_t W, int64_t sh,           \
+    int64_t sw, const int64_t *roff, const int64_t *soff, int64_t RS, int64_t col0,     \
+    int64_t ncols, int64_t N, int64_t P, int64_t Q, int64_t p_lo, int64_t p_hi,         \
+    int64_t q_lo, int64_t q_hi, const T *zrow, int64_t chunk_rows, T *scratch, T *gw,   \
+    int64_t gw_kstride, int64_t Cg
 #define CK_DEFINE_GRAD_WEIGHT_KVEC(NAME, T, VBYTES, KV, TB, ATTR)                       \
     /* A function for each value of `exact`: sharing one, the other's per-block \
-     * bounds cost the hot loop a register (resnet-3x3's grad_weight 0.96x). */ \
+     * bounds cost the plain path's hot loop a register (resnet-3x3's           \
+     * grad_weight 0.93-0.97x). */                                              \
     CK_DEFINE_GRAD_WEIGHT_KVEC_BODY(NAME##_plain, T, VBYTES, KV, TB, ATTR, 0)           \
     CK_DEFINE_GRAD_WEIGHT_KVEC_BODY(NAME##_exact, T, VBYTES, KV, TB, ATTR, 1)           \
-    ATTR static void NAME(const T *gy, int64_t gy_nstride, int64_t gy_kstride,          \
-                          int64_t kcount, const T *x, int64_t x_nstride,                \
-                          int64_t chan_stride, int64_t H, int64_t W, int64_t sh,        \
-                          int64_t sw, const int64_t *roff, const int64_t *soff,         \
-                          int64_t RS, int64_t col0, int64_t ncols,                      \
-                          int64_t N, int64_t P, int64_t Q, int64_t p_lo, int64_t p_hi,  \
-                          int64_t q_lo, int64_t q_hi,                                   \
-                          const T *zrow, int64_t chunk_rows, T *scratch, T *gw,         \
-                          int64_t gw_kstride, int64_t Cg, int exact)                    \
+    ATTR static void NAME(CK_GWK_PARAMS(T), int exact)                                  \
     {                                                                                   \
         (exact ? NAME##_exact : NAME##_plain)(                                          \
             gy, gy_nstride, gy_kstride, kcount, x, x_nstride, chan_stride, H, W, sh,    \
@@ -499,15 +500,7 @@ static inline int64_t ck_kvec_chunk(int64_t per_channel, int64_t Cg)
             chunk_rows, scratch, gw, gw_kstride, Cg);                                   \
     }
 #define CK_DEFINE_GRAD_WEIGHT_KVEC_BODY(NAME, T, VBYTES, KV, TB, ATTR, EXACT)           \
-    ATTR static void NAME(const T *gy, int64_t gy_nstride, int64_t gy_kstride,          \
-                          int64_t kcount, const T *x, int64_t x_nstride,                \
-                          int64_t chan_stride, int64_t H, int64_t W, int64_t sh,        \
-                          int64_t sw, const int64_t *roff, const int64_t *soff,         \
-                          int64_t RS, int64_t col0, int64_t ncols,                      \
-                          int64_t N, int64_t P, int64_t Q, int64_t p_lo, int64_t p_hi,  \
-                          int64_t q_lo, int64_t q_hi,                                   \
-                          const T *zrow, int64_t chunk_rows, T *scratch, T *gw,         \
-                          int64_t gw_kstride, int64_t Cg)                               \
+    ATTR static void NAME(CK_GWK_PARAMS(T))                                             \
     {                                                                                   \
         enum { exact = EXACT };                                                         \
         typedef T V __attribute__((vector_size(VBYTES)));                               \
