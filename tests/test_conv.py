@@ -1037,7 +1037,7 @@ def test_channel_vector_plan(name, qb, qt):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_channel_vector_forward_nonfinite_weight_meets_padding(dtype):
-    """With a weight that is not finite, the channel-vector forward sums every tap, as the reference.
+    """A weight that is not finite gets the channel-vector forward's plan of every tap.
 
     Its plans leave out the taps that read only padding, which the reference
     multiplies by the weights (0 * inf is NaN); so a weight that is not

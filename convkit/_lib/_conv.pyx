@@ -823,7 +823,8 @@ def forward_packed(const floating[:, :, :, ::1] xpk,      # IN  (N, C, phases, p
     ``channel_vector``, channel_vector_block() channels in the vector lanes.
     The channel-vector kernel runs the blocks of ``plan`` over the
     positions in ``order`` (functional._channel_vector_plan; S taps per
-    kernel row; the grid kernels take any one-row plan). The grid kernels sum the input channels in passes of ``c_pass`` (0: one pass).
+    kernel row); the grid kernels take any one-row plan and sum the input
+    channels in passes of ``c_pass`` (0: one pass).
     """
     cdef int64_t N = xpk.shape[0], C = xpk.shape[1]
     cdef int64_t chan_stride = xpk.shape[2] * xpk.shape[3]
