@@ -908,9 +908,9 @@ def _grad_weight_channel_vector(grad_output, x, g, n_threads):
     # padding's terms instead, reading x in place, if grad_output is finite:
     # an inf or NaN there must meet those zeros (0 * inf is NaN, as in the
     # reference).
-    padded = _pad_for_grad_weight(g)
-    exact = padded and _all_finite(grad_output)
-    padded = padded and not exact
+    small_padded = _pad_for_grad_weight(g)
+    exact = small_padded and _all_finite(grad_output)
+    padded = small_padded and not exact
     roff, soff, p_lo, p_hi, q_lo, q_hi, zeros = _tap_rows_columns(g, x.dtype, padded)
     (sh, sw) = g.stride
     G, Kg, N = g.groups, g.K_per_group, g.N
