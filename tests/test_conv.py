@@ -844,6 +844,104 @@ def test_grad_input_forms_are_both_exercised():
     assert forms == {True, False}
 
 
+# grad_input by rows (functional._grad_input_rows): unpadded convolutions at
+# stride 1 with 3 or 5 kernel columns, a whole input row in registers.
+ROWS_CASES = {
+    "mnist_conv2": ((3, 32, 12, 12), (64, 32, 5, 5), {}),
+    "keras_3x3": ((2, 32, 13, 13), (24, 32, 3, 3), {}),
+    "one_output_column": ((2, 16, 6, 3), (8, 16, 3, 3), {}),
+    "one_output_row": ((2, 16, 5, 9), (8, 16, 5, 5), {}),
+    "lane_tail": ((2, 20, 9, 11), (7, 20, 3, 3), {}),
+    "three_channels": ((2, 3, 8, 8), (5, 3, 5, 5), {}),
+    "groups": ((2, 32, 10, 10), (12, 16, 5, 5), dict(groups=2)),
+    "tall_kernel": ((2, 16, 11, 12), (8, 16, 6, 5), {}),
+    "one_kernel_row": ((2, 16, 4, 12), (8, 16, 1, 3), {}),
+}
+
+
+def _rows_widest(S, dtype):
+    from convkit._lib import _conv
+
+    return _conv.grad_input_rows_shape(S, np.dtype(dtype).itemsize)[1]
+
+
+def _rows_grad_input(grad_y, x, weight, kwargs):
+    from convkit import functional
+    from convkit._validation import conv_geometry
+
+    g = conv_geometry(x.shape, weight.shape, 1, 0, 1, kwargs.get("groups", 1))
+    return functional._grad_input_rows(grad_y, weight, g, convkit.get_num_threads())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", ROWS_CASES)
+def test_grad_input_rows(case, dtype):
+    """Every real term, none twice, at any width up to the kernel's widest."""
+    x_shape, w_shape, kwargs = ROWS_CASES[case]
+    if _rows_widest(w_shape[3], dtype) < x_shape[3] - w_shape[3] + 1:
+        pytest.skip("this CPU's kernel variant has no grad_input by rows for this shape")
+    x, weight, grad_y, kwargs = _case_arrays(x_shape, w_shape, kwargs, dtype)
+    expected = reference.conv2d_backward(grad_y, x, weight, **kwargs)[0]
+    assert_close(_rows_grad_input(grad_y, x, weight, kwargs), expected, kind="grad",
+                 err_msg=case)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("S", [3, 5])
+def test_grad_input_rows_widest(S, dtype):
+    """Grad_output rows of the widest width the kernel takes, and conv2d_backward's
+    choice of another form one column wider."""
+    from convkit import functional
+    from convkit._validation import conv_geometry
+
+    widest = _rows_widest(S, dtype)
+    if not widest:
+        pytest.skip("this CPU's kernel variant has no grad_input by rows for this kernel")
+    for Q in (widest - 1, widest):
+        x, weight, grad_y, kwargs = _case_arrays((2, 16, 4, Q + S - 1), (4, 16, 3, S), {}, dtype)
+        expected = reference.conv2d_backward(grad_y, x, weight)[0]
+        assert_close(_rows_grad_input(grad_y, x, weight, kwargs), expected, kind="grad",
+                     err_msg=f"Q={Q}")
+    wider = conv_geometry((2, 64, 4, widest + S), (4, 64, 3, S), 1, 0, 1, 1)
+    assert not functional._use_rows_grad_input(wider, np.dtype(dtype).itemsize)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_grad_input_rows_nonfinite(dtype):
+    """inf and NaN in grad_output and the weights reach the pixels the reference's do."""
+    x, weight, grad_y, kwargs = _case_arrays((2, 16, 9, 9), (8, 16, 3, 3), {}, dtype)
+    if not _rows_widest(3, dtype):
+        pytest.skip("this CPU's kernel variant has no grad_input by rows")
+    grad_y[0, 1, 2, 3] = np.inf
+    grad_y[0, 2, 6, 6] = -np.inf
+    grad_y[1, 0, 0, 0] = np.nan
+    weight[3, 5, 2, 0] = np.inf
+    with np.errstate(invalid="ignore"):
+        expected = reference.conv2d_backward(grad_y, x, weight)[0]
+    actual = _rows_grad_input(grad_y, x, weight, kwargs)
+    np.testing.assert_array_equal(np.isnan(actual), np.isnan(expected))
+    np.testing.assert_array_equal(np.isinf(actual), np.isinf(expected))
+    assert_close(actual, expected, kind="grad")
+
+
+def test_grad_input_rows_rule():
+    """mnist-conv2's grad_input runs by rows where the kernel exists; padded,
+    strided, dilated and 1-channel convolutions never do."""
+    from convkit._validation import conv_geometry
+    from convkit.functional import _use_rows_grad_input
+
+    def rule(x_shape, w_shape, stride=1, padding=0, dilation=1, itemsize=4):
+        return _use_rows_grad_input(conv_geometry(x_shape, w_shape, stride, padding, dilation,
+                                                  1), itemsize)
+
+    assert rule((64, 32, 12, 12), (64, 32, 5, 5)) == (_rows_widest(5, np.float32) >= 8)
+    assert not rule((64, 32, 12, 12), (64, 32, 5, 5), padding=1)
+    assert not rule((64, 32, 12, 12), (64, 32, 3, 3), stride=2)
+    assert not rule((64, 32, 12, 12), (64, 32, 3, 3), dilation=2)
+    assert not rule((64, 1, 28, 28), (32, 1, 5, 5))
+    assert not rule((64, 32, 12, 12), (64, 32, 4, 4))
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_transpose_kernel(dtype):
     """ck_transpose_*: whole vector blocks, edges, and negative strides either side."""

@@ -76,6 +76,18 @@ def test_conv2d_backward_deterministic(dtype, method, config):
         CONV_MIN_WORK_PER_THREAD)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_grad_input_rows_deterministic(dtype):
+    """grad_input by rows (mnist-conv2's shape), one task per image and vector of channels."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((8, 32, 12, 12)).astype(dtype)
+    weight = rng.standard_normal((64, 32, 5, 5)).astype(dtype)
+    grad_y = rng.standard_normal((8, 64, 8, 8)).astype(dtype)
+    _check_deterministic(
+        lambda: convkit.conv2d_backward(grad_y, x, weight, output_mask=(True, False, False)),
+        grad_y.size * weight[0].size, CONV_MIN_WORK_PER_THREAD)
+
+
 @pytest.mark.parametrize("method", ["auto", "direct", "im2col"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_pointwise_deterministic(dtype, method):

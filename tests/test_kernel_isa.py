@@ -33,6 +33,8 @@ cases = [
     ((1, 2, 14, 40), (6, 1, 3, 7), dict(groups=2, padding=(1, 5), dilation=(2, 3))),  # in place
     ((1, 6, 20, 23), (8, 6, 3, 3), dict(padding=1)),                     # widest grid block
     ((2, 20, 9, 11), (12, 20, 3, 3), dict(stride=2, padding=1)),         # ... in channel passes
+    ((2, 16, 8, 10), (8, 16, 3, 3), {}),                                 # grad_input by rows
+    ((2, 32, 9, 9), (12, 32, 5, 5), {}),                                 # ... 5 columns
 ]
 worst = 0.0
 rng = np.random.default_rng(0)

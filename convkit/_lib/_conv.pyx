@@ -270,6 +270,10 @@ cdef extern from "_direct.h" nogil:
     ctypedef void (*ck_col2im_f64_t)(const double *, int64_t, int64_t, int64_t, int64_t,
                                      int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
                                      double *, int64_t, int64_t)
+    ctypedef void (*ck_gir_f32_t)(const float *, int64_t, const float *, int64_t, int64_t,
+                                  int64_t, int64_t, float *)
+    ctypedef void (*ck_gir_f64_t)(const double *, int64_t, const double *, int64_t, int64_t,
+                                  int64_t, int64_t, double *)
     ctypedef struct ck_kernels_t:
         const char *isa
         ck_fwd_f32_t fwd_f32
@@ -318,6 +322,13 @@ cdef extern from "_direct.h" nogil:
         int kvec_qt
         int kvecw_qb
         int kvecw_qt
+        ck_gir_f32_t gir3_f32
+        ck_gir_f32_t gir5_f32
+        ck_gir_f64_t gir3_f64
+        ck_gir_f64_t gir5_f64
+        int gir3_q
+        int gir5_q
+        int vector_bytes
     ck_kernels_t ck_kernels
     void ck_select_kernels(const char *cap)
     int ck_fwd_kind(int64_t terms, int64_t taps, int64_t grid_len, int64_t itemsize)
@@ -362,6 +373,20 @@ def channel_vector_tile(wide=False):
     if wide:
         return ck_kernels.kvecw_qb, ck_kernels.kvecw_qt
     return ck_kernels.kvec_qb, ck_kernels.kvec_qt
+
+
+def grad_input_rows_shape(S, itemsize):
+    """(lanes, widest Q) of the grad_input-by-rows kernel for S kernel columns.
+
+    lanes: input channels per vector (and per task); widest Q: the widest
+    grad_output row it takes, 0 where this CPU's variant has no such kernel.
+    """
+    lanes = ck_kernels.vector_bytes // itemsize
+    if S == 3 and (ck_kernels.gir3_f32 != NULL if itemsize == 4 else ck_kernels.gir3_f64 != NULL):
+        return lanes, ck_kernels.gir3_q
+    if S == 5 and (ck_kernels.gir5_f32 != NULL if itemsize == 4 else ck_kernels.gir5_f64 != NULL):
+        return lanes, ck_kernels.gir5_q
+    return lanes, 0
 
 
 def grad_weight_channel_block(itemsize, wide=False):
@@ -1035,6 +1060,40 @@ def grad_weight_depthwise(const floating[:, :, :, ::1] gy,  # IN  (N, K, P, Q)
                 else:
                     gw[k, 0, t] = gw[k, 0, t] + part[t]
             n0 = n1
+
+
+def grad_input_rows(const floating[:, :, ::1] gy,         # IN  (N, K, P*Q)
+                    const floating[:, :, :, :, ::1] wpk,  # IN  (G, passes, K/G, R*S, lanes)
+                    floating[:, :, :, ::1] gi,            # OUT (N, C, H, W)
+                    floating[:, ::1] scratch,             # (n_threads, H*W*lanes)
+                    int64_t R, int64_t S, int64_t P, int64_t Q, int n_threads):
+    """grad_input of an unpadded stride-1 convolution, a row of pixels at a time.
+
+    One task per (image, group, vector of input channels): the kernel
+    (CK_DEFINE_GRAD_INPUT_ROWS) sums the vector's H x W pixels, input
+    channels side by side, into the thread's scratch; they are then
+    transposed into grad_input's planes. The caller checks that this CPU's
+    variant has a kernel for S and Q (grad_input_rows_shape).
+    """
+    cdef int64_t N = gi.shape[0], C = gi.shape[1], H = gi.shape[2], W = gi.shape[3]
+    cdef int64_t G = wpk.shape[0], passes = wpk.shape[1], Kg = wpk.shape[2]
+    cdef int64_t lanes = wpk.shape[4], Cg = C // G, L = P * Q
+    cdef int64_t task, n, g, v, c0, count
+    cdef ck_gir_f32_t rows_f32 = ck_kernels.gir3_f32 if S == 3 else ck_kernels.gir5_f32
+    cdef ck_gir_f64_t rows_f64 = ck_kernels.gir3_f64 if S == 3 else ck_kernels.gir5_f64
+    cdef floating *rows
+    for task in prange(N * G * passes, schedule="static", nogil=True, num_threads=n_threads):
+        n = task // (G * passes)
+        g = task // passes % G
+        v = task % passes
+        rows = &scratch[omp_get_thread_num(), 0]
+        if floating is float:
+            rows_f32(&gy[n, g * Kg, 0], L, &wpk[g, v, 0, 0, 0], Kg, P, Q, R, rows)
+        else:
+            rows_f64(&gy[n, g * Kg, 0], L, &wpk[g, v, 0, 0, 0], Kg, P, Q, R, rows)
+        c0 = v * lanes
+        count = lanes if Cg - c0 > lanes else Cg - c0
+        _transpose(rows, lanes, &gi[n, g * Cg + c0, 0, 0], H * W, H * W, count)
 
 
 def grad_input_scatter(const floating[:, :, ::1] gy,         # IN  (N, K, P*Q)

@@ -57,10 +57,13 @@
 /* Fully unroll a loop over a register block, so its arrays stay in registers. */
 #if defined(__clang__)
 #define CK_UNROLL _Pragma("unroll")
+#define CK_UNROLL32 _Pragma("unroll")
 #elif defined(__GNUC__)
 #define CK_UNROLL _Pragma("GCC unroll 16")
+#define CK_UNROLL32 _Pragma("GCC unroll 32")
 #else
 #define CK_UNROLL
+#define CK_UNROLL32
 #endif
 
 /* The first N (< VL <= 16) elements of type T from SRC to DST, in
@@ -1020,6 +1023,88 @@ CK_DEFINE_ADD_ROWS(ck_add_rows_f64, double)
         }                                                                                 \
     }
 
+/* ---- grad_input by rows ------------------------------------------------ */
+
+/* grad_input of an unpadded convolution at stride and dilation 1 with S
+ * kernel columns, a whole input row in registers: for one (image, group)
+ * and a vector of VL input channels,
+ *
+ *   rows[h][w][l] = sum_k sum_r sum_s w[k][r][s][l] * gy[k][h - r][w - s]
+ *
+ * over the kernel rows r with 0 <= h - r < P and the columns s with
+ * 0 <= w - s < Q: only the real terms, none on padding (the gather form of
+ * grad_input multiplies the zeros around gy, the scatter form pays a col2im
+ * pass). The row's W = Q + S - 1 pixels are W registers; each grad_output
+ * value, broadcast once, meets the S weight vectors of its kernel row in S
+ * multiply-adds into S neighbouring pixels, so every register index is a
+ * constant: Q is one too, through a switch over the widths up to QM, each
+ * case its own copy of the loops (a runtime bound per column cost 4%, a
+ * jump into one unrolled copy 4-6%, on mnist-conv2's grad_input). A pixel
+ * sums its terms in the order (k, r, s), whatever the thread count. w holds
+ * the weights as (K/G, R, S, VL), input channels side by side; rows is
+ * H x W x VL, H = P + R - 1. */
+#define CK_GIR_CASES(NAME, QM)                                                            \
+    CK_GIR_CASE(NAME, 1, QM) CK_GIR_CASE(NAME, 2, QM) CK_GIR_CASE(NAME, 3, QM)            \
+    CK_GIR_CASE(NAME, 4, QM) CK_GIR_CASE(NAME, 5, QM) CK_GIR_CASE(NAME, 6, QM)            \
+    CK_GIR_CASE(NAME, 7, QM) CK_GIR_CASE(NAME, 8, QM) CK_GIR_CASE(NAME, 9, QM)            \
+    CK_GIR_CASE(NAME, 10, QM) CK_GIR_CASE(NAME, 11, QM) CK_GIR_CASE(NAME, 12, QM)         \
+    CK_GIR_CASE(NAME, 13, QM) CK_GIR_CASE(NAME, 14, QM) CK_GIR_CASE(NAME, 15, QM)         \
+    CK_GIR_CASE(NAME, 16, QM) CK_GIR_CASE(NAME, 17, QM) CK_GIR_CASE(NAME, 18, QM)         \
+    CK_GIR_CASE(NAME, 19, QM) CK_GIR_CASE(NAME, 20, QM) CK_GIR_CASE(NAME, 21, QM)         \
+    CK_GIR_CASE(NAME, 22, QM) CK_GIR_CASE(NAME, 23, QM) CK_GIR_CASE(NAME, 24, QM)
+#define CK_DEFINE_GRAD_INPUT_ROWS(NAME, T, VBYTES, S, QM, ATTR)                           \
+    ATTR static inline __attribute__((always_inline)) void NAME##_row(                    \
+        const T *gy, int64_t kstride, int64_t Q, const T *w, int64_t K, int64_t R,        \
+        int64_t r_lo, int64_t r_hi, T *out, const int QC)                                \
+    {                                                                                     \
+        typedef T V __attribute__((vector_size(VBYTES)));                                 \
+        enum { VL = VBYTES / sizeof(T) };                                                 \
+        V acc[QC + S - 1];                                                                \
+        int64_t k, r;                                                                     \
+        int i, q, s;                                                                      \
+        CK_UNROLL32 for (i = 0; i < QC + S - 1; i++)                                      \
+            acc[i] = (V){0};                                                              \
+        for (k = 0; k < K; k++)                                                           \
+            for (r = r_lo; r < r_hi; r++) {                                               \
+                /* gy's row h - r of channel k, the weights' row r. */                    \
+                const T *g = gy + k * kstride - r * Q;                                    \
+                const T *wr = w + (k * R + r) * S * VL;                                   \
+                V wv[S];                                                                  \
+                CK_UNROLL32 for (s = 0; s < S; s++)                                       \
+                    memcpy(&wv[s], wr + s * VL, sizeof(V));                               \
+                CK_UNROLL32 for (q = 0; q < QC; q++) {                                    \
+                    T b = g[q];                                                           \
+                    CK_UNROLL32 for (s = 0; s < S; s++)                                   \
+                        acc[q + s] += b * wv[s];                                          \
+                }                                                                         \
+            }                                                                             \
+        CK_UNROLL32 for (i = 0; i < QC + S - 1; i++)                                      \
+            memcpy(out + i * VL, &acc[i], sizeof(V));                                     \
+    }                                                                                     \
+    ATTR static void NAME(const T *gy, int64_t kstride, const T *w, int64_t K, int64_t P,  \
+                          int64_t Q, int64_t R, T *rows)                                  \
+    {                                                                                     \
+        enum { VL = VBYTES / sizeof(T) };                                                 \
+        int64_t h, H = P + R - 1, W = Q + S - 1;                                          \
+        for (h = 0; h < H; h++) {                                                         \
+            int64_t r_lo = h - P + 1 > 0 ? h - P + 1 : 0, r_hi = h + 1 < R ? h + 1 : R;   \
+            const T *g = gy + h * Q;                                                      \
+            T *out = rows + h * W * VL;                                                   \
+            switch (Q) {                                                                  \
+            CK_GIR_CASES(NAME, QM)                                                        \
+            default:                                                                      \
+                break;                                                                    \
+            }                                                                             \
+        }                                                                                 \
+    }
+/* One case of the switch above (QC is a constant; widths past QM compile to
+ * nothing and are never asked for). */
+#define CK_GIR_CASE(NAME, QC, QM)                                                         \
+    case QC:                                                                              \
+        if ((QC) <= (QM))                                                                 \
+            NAME##_row(g, kstride, Q, w, K, R, r_lo, r_hi, out, (QC) <= (QM) ? (QC) : 1); \
+        break;
+
 /* ---- depthwise forward, in place ---------------------------------------- */
 
 /* One output plane of a convolution with one input channel per group, at
@@ -1377,6 +1462,13 @@ typedef int64_t ck_v4l __attribute__((vector_size(32)));
         CK_TRANSPOSE_EDGES(B)                                                          \
     }
 
+/* The widest grad_output row each grad_input-by-rows kernel takes: its
+ * W = QM + S - 1 sums, S weights and a broadcast fill at most the 16 or 32
+ * vector registers. */
+#define CK_GIR3_QM_AVX2 10
+#define CK_GIR5_QM_AVX2 6
+#define CK_GIR3_QM_AVX512 24
+#define CK_GIR5_QM_AVX512 16
 #if CK_X86
 #define CK_AVX512 __attribute__((target("avx512f,avx2,fma")))
 #define CK_AVX2 __attribute__((target("avx2,fma")))
@@ -1438,6 +1530,9 @@ CK_DEFINE_COL2IM(ck_col2im_f32_avx2, float, int32_t, 32, CK_AVX2)
 CK_DEFINE_COL2IM(ck_col2im_f64_avx2, double, int64_t, 32, CK_AVX2)
 CK_DEFINE_COL2IM_STRIDED(ck_col2ims_f32_avx2, float, CK_AVX2)
 CK_DEFINE_COL2IM_STRIDED(ck_col2ims_f64_avx2, double, CK_AVX2)
+CK_DEFINE_GRAD_INPUT_ROWS(ck_gir3_f32_avx2, float, 32, 3, CK_GIR3_QM_AVX2, CK_AVX2)
+CK_DEFINE_GRAD_INPUT_ROWS(ck_gir3_f64_avx2, double, 32, 3, CK_GIR3_QM_AVX2, CK_AVX2)
+CK_DEFINE_GRAD_INPUT_ROWS(ck_gir5_f32_avx2, float, 32, 5, CK_GIR5_QM_AVX2, CK_AVX2)
 CK_DEFINE_FORWARD_DW(ck_fwdw_f32_avx2, float, int32_t, 32, CK_AVX2)
 CK_DEFINE_FORWARD_DW(ck_fwdw_f64_avx2, double, int64_t, 32, CK_AVX2)
 CK_DEFINE_FORWARD(ck_fwd_f32_avx512, float, 64, CK_KB, CK_KB, 3, CK_AVX512)
@@ -1474,6 +1569,10 @@ CK_DEFINE_COL2IM(ck_col2im_f32_avx512, float, int32_t, 64, CK_AVX512)
 CK_DEFINE_COL2IM(ck_col2im_f64_avx512, double, int64_t, 64, CK_AVX512)
 CK_DEFINE_COL2IM_STRIDED(ck_col2ims_f32_avx512, float, CK_AVX512)
 CK_DEFINE_COL2IM_STRIDED(ck_col2ims_f64_avx512, double, CK_AVX512)
+CK_DEFINE_GRAD_INPUT_ROWS(ck_gir3_f32_avx512, float, 64, 3, CK_GIR3_QM_AVX512, CK_AVX512)
+CK_DEFINE_GRAD_INPUT_ROWS(ck_gir3_f64_avx512, double, 64, 3, CK_GIR3_QM_AVX512, CK_AVX512)
+CK_DEFINE_GRAD_INPUT_ROWS(ck_gir5_f32_avx512, float, 64, 5, CK_GIR5_QM_AVX512, CK_AVX512)
+CK_DEFINE_GRAD_INPUT_ROWS(ck_gir5_f64_avx512, double, 64, 5, CK_GIR5_QM_AVX512, CK_AVX512)
 CK_DEFINE_FORWARD_DW(ck_fwdw_f32_avx512, float, int32_t, 64, CK_AVX512)
 CK_DEFINE_FORWARD_DW(ck_fwdw_f64_avx512, double, int64_t, 64, CK_AVX512)
 #endif
@@ -1544,6 +1643,11 @@ typedef void (*ck_col2im_f64_t)(const double *, int64_t, int64_t, int64_t, int64
                                 int64_t, int64_t, int64_t, int64_t, int64_t, double *, int64_t,
                                 int64_t);
 
+typedef void (*ck_gir_f32_t)(const float *, int64_t, const float *, int64_t, int64_t, int64_t,
+                             int64_t, float *);
+typedef void (*ck_gir_f64_t)(const double *, int64_t, const double *, int64_t, int64_t,
+                             int64_t, int64_t, double *);
+
 typedef struct {
     const char *isa;
     ck_fwd_f32_t fwd_f32, fwd1_f32;
@@ -1597,6 +1701,12 @@ typedef struct {
     /* positions per register block of fwdk_* and fwdkw_* (QB), and per
      * register block of their short blocks (QT) */
     int kvec_qb, kvec_qt, kvecw_qb, kvecw_qt;
+    /* grad_input by rows for 3 and 5 kernel columns (or NULL), and the
+     * widest grad_output row each takes */
+    ck_gir_f32_t gir3_f32, gir5_f32;
+    ck_gir_f64_t gir3_f64, gir5_f64;
+    int gir3_q, gir5_q;
+    int vector_bytes; /* of the variant's vectors */
 } ck_kernels_t;
 
 static ck_kernels_t ck_kernels = {
@@ -1609,7 +1719,7 @@ static ck_kernels_t ck_kernels = {
     ck_fwd_f32_base, ck_fwd_f64_base, ck_fwdw_f32_base, ck_fwdw_f64_base, CK_SHORT, 0, 32, 32,
     ck_col2ims_f32_base, ck_col2ims_f64_base, ck_gwk_f32_base, ck_gwk_f64_base, 8, 4, 6,
     ck_fwd_f32_base, ck_fwd_f64_base, 32, ck_transpose_f32_base, ck_transpose_f64_base,
-    3, 3, 3, 3};
+    3, 3, 3, 3, NULL, NULL, NULL, NULL, 0, 0, 16};
 
 /* Pick the widest variant this CPU runs; CONVKIT_ISA=avx2|baseline caps it. */
 static void ck_select_kernels(const char *cap)
@@ -1635,7 +1745,9 @@ static void ck_select_kernels(const char *cap)
                           1, 192, 128, ck_col2ims_f32_avx512, ck_col2ims_f64_avx512,
                           ck_gwkw_f32_avx512, ck_gwkw_f64_avx512, 64, 32, 6,
                           ck_fwdq_f32_avx512, ck_fwdq_f64_avx512, 256,
-                          ck_transpose_f32_avx2, ck_transpose_f64_avx2, 8, 4, 6, 4};
+                          ck_transpose_f32_avx2, ck_transpose_f64_avx2, 8, 4, 6, 4,
+                          ck_gir3_f32_avx512, ck_gir5_f32_avx512, ck_gir3_f64_avx512,
+                          ck_gir5_f64_avx512, CK_GIR3_QM_AVX512, CK_GIR5_QM_AVX512, 64};
         ck_kernels = k;
         /* AMD family 19h with AVX-512 is Zen 4 (Zen 3 has none, Zen 5 is 1Ah):
          * its kernels run fastest summing every input channel in one pass. */
@@ -1656,7 +1768,9 @@ static void ck_select_kernels(const char *cap)
                           ck_fwdw_f32_avx2, ck_fwdw_f64_avx2, CK_SHORT, 0, 96, 32,
                           ck_col2ims_f32_avx2, ck_col2ims_f64_avx2, ck_gwk_f32_avx2,
                           ck_gwk_f64_avx2, 16, 8, 6, ck_fwds_f32_avx2, ck_fwds_f64_avx2, 32,
-                          ck_transpose_f32_avx2, ck_transpose_f64_avx2, 6, 4, 6, 4};
+                          ck_transpose_f32_avx2, ck_transpose_f64_avx2, 6, 4, 6, 4,
+                          ck_gir3_f32_avx2, ck_gir5_f32_avx2, ck_gir3_f64_avx2, NULL,
+                          CK_GIR3_QM_AVX2, CK_GIR5_QM_AVX2, 32};
         ck_kernels = k;
     }
 #else
