@@ -62,7 +62,7 @@ _SCATTER_COLUMNS_BYTES = 512 * 1024
 # ... and at strides above 1, up to this many (see _use_scatter_grad_input).
 _SCATTER_STRIDED_BYTES = 2 * _MiB
 # grad_input by rows: the scatter form's time per real multiply-add over
-# its own (mnist-conv2: 1.12x), and the margin it must win by (see
+# its own (mnist-conv2: 1.13x), and the margin it must win by (see
 # _use_rows_grad_input).
 _SCATTER_COST = 1.15
 _ROWS_MARGIN = 1.05
@@ -752,12 +752,13 @@ def _use_rows_grad_input(g, itemsize):
     idle. It is taken where that waste, times _ROWS_MARGIN, is no more than
     the other form's: _SCATTER_COST, or the gather form's multiply-adds per
     real one. Measured on a 2-core Zen 4 EPYC, the old form's time over
-    this one's (median of alternated calls): AVX-512 float32 1.07-1.69x on
-    15 shapes with 8x8 to 24x24 outputs and 16 to 64 input channels,
-    float64 0.96-1.15x on 8; capped at AVX2, float32 1.12-1.45x, float64
-    1.12-1.25x with 3 columns and 0.81x with 5 (AVX2 has no float64
-    5-column kernel). With 24 input channels (0.75 of the lanes used) it
-    ran 0.85x against the scatter form, which this rule leaves it.
+    this one's (median of alternated calls): AVX-512 float32 1.07-1.82x on
+    14 shapes with 8x8 to 24x24 outputs and 16 to 64 input channels,
+    float64 1.13-1.26x on 8; capped at AVX2, float32 1.31-1.82x on 4,
+    float64 1.39-1.44x on 2 with 3 columns (a first version ran float64
+    with 5 columns 0.81x; AVX2 has no such kernel). With 24 input channels
+    (0.75 of the lanes used) a first version ran 0.85x against the scatter
+    form, which this rule leaves it.
     """
     if g.stride != (1, 1) or g.dilation != (1, 1) or any(p for pads in g.padding for p in pads):
         return False
