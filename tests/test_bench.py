@@ -289,3 +289,20 @@ def test_measure_interleaved_takes_turns():
     # b's disturbed round does not move its median.
     assert timings[1][0].median_s < 0.01
     assert timings[0][0].median_s < timings[2][0].median_s
+
+
+def test_ab_tool_spelled_shapes():
+    """tools/ab.py takes a benchmark shape's name or a spelled-out shape."""
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parent.parent / "tools" / "ab.py"
+    spec = importlib.util.spec_from_file_location("ab_tool", path)
+    ab = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ab)
+    shapes = bench.CONV_SHAPES
+    assert ab.shape_of(shapes, "mnist-conv2") is shapes["mnist-conv2"]
+    assert ab.shape_of(shapes, "8x64x56x56-128x3x3-s2-p1") == shapes["resnet-3x3-s2"]
+    assert ab.shape_of(shapes, "64x32x13x13-64x3x3") == bench.ConvShape(64, 32, 13, 13, 64, 3, 3)
+    with pytest.raises(SystemExit, match="unknown shape"):
+        ab.shape_of(shapes, "64x32x13-64x3x3")

@@ -3,9 +3,11 @@
     python tools/ab.py OLD_CHECKOUT NEW_CHECKOUT SHAPES OP [--method M] [--reps N]
                        [--interleave]
 
-SHAPES is a comma-separated list of convkit.bench.CONV_SHAPES names, OP one of
-fwd, bwd, gi (grad_input alone), gw (grad_weight alone), float32, or the same
-with -f64. Both checkouts must be built in place
+SHAPES is a comma-separated list of convkit.bench.CONV_SHAPES names or of
+shapes spelled NxCxHxW-KxRxS, optionally with -sSTRIDE and -pPADDING
+(64x32x13x13-64x3x3 is Keras's second MNIST convolution; 8x64x56x56-64x3x3-p1
+resnet-3x3), OP one of fwd, bwd, gi (grad_input alone), gw (grad_weight
+alone), float32, or the same with -f64. Both checkouts must be built in place
 (python setup.py build_ext --inplace).
 
 By default each rep runs every shape in a fresh process per checkout
@@ -40,11 +42,28 @@ OUTPUT_MASKS = {"bwd": (True, True, True), "gi": (True, False, False),
                 "gw": (False, True, False)}
 
 
+_SPELLED = re.compile(r"(\d+)x(\d+)x(\d+)x(\d+)-(\d+)x(\d+)x(\d+)((?:-[sp]\d+)*)$")
+
+
+def shape_of(shapes, name):
+    """The CONV_SHAPES entry ``name``, or the shape it spells (see the module docstring)."""
+    if name in shapes:
+        return shapes[name]
+    match = _SPELLED.match(name)
+    if match is None:
+        raise SystemExit(f"unknown shape {name!r}: neither a CONV_SHAPES name nor "
+                         "NxCxHxW-KxRxS[-sSTRIDE][-pPADDING]")
+    sizes = [int(v) for v in match.groups()[:7]]
+    options = dict(re.findall(r"-([sp])(\d+)", match.group(8)))
+    shape_type = type(next(iter(shapes.values())))
+    return shape_type(*sizes, stride=int(options.get("s", 1)), padding=int(options.get("p", 0)))
+
+
 def make_call(convkit, shapes, name, op, method):
     """A no-argument callable running ``op`` of ``convkit`` on shape ``name`` (seed 0)."""
     dtype = np.float64 if op.endswith("-f64") else np.float32
     kind = op.split("-")[0]
-    s = shapes[name]
+    s = shape_of(shapes, name)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((s.N, s.C, s.H, s.W)).astype(dtype)
     w = rng.standard_normal((s.K, s.C // s.groups, s.R, s.S)).astype(dtype)
