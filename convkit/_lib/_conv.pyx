@@ -1077,7 +1077,7 @@ def grad_input_rows(const floating[:, :, ::1] gy,         # IN  (N, K, P*Q)
     """
     cdef int64_t N = gi.shape[0], C = gi.shape[1], H = gi.shape[2], W = gi.shape[3]
     cdef int64_t G = wpk.shape[0], passes = wpk.shape[1], Kg = wpk.shape[2]
-    cdef int64_t lanes = wpk.shape[4], Cg = C // G, L = P * Q
+    cdef int64_t lanes = wpk.shape[4], Cg = C // G, kstride = gy.strides[1] // sizeof(floating)
     cdef int64_t task, n, g, v, c0, count
     cdef ck_gir_f32_t rows_f32 = ck_kernels.gir3_f32 if S == 3 else ck_kernels.gir5_f32
     cdef ck_gir_f64_t rows_f64 = ck_kernels.gir3_f64 if S == 3 else ck_kernels.gir5_f64
@@ -1088,9 +1088,9 @@ def grad_input_rows(const floating[:, :, ::1] gy,         # IN  (N, K, P*Q)
         v = task % passes
         rows = &scratch[omp_get_thread_num(), 0]
         if floating is float:
-            rows_f32(&gy[n, g * Kg, 0], L, &wpk[g, v, 0, 0, 0], Kg, P, Q, R, rows)
+            rows_f32(&gy[n, g * Kg, 0], kstride, &wpk[g, v, 0, 0, 0], Kg, P, Q, R, rows)
         else:
-            rows_f64(&gy[n, g * Kg, 0], L, &wpk[g, v, 0, 0, 0], Kg, P, Q, R, rows)
+            rows_f64(&gy[n, g * Kg, 0], kstride, &wpk[g, v, 0, 0, 0], Kg, P, Q, R, rows)
         c0 = v * lanes
         count = lanes if Cg - c0 > lanes else Cg - c0
         _transpose(rows, lanes, &gi[n, g * Cg + c0, 0, 0], H * W, H * W, count)
