@@ -1042,10 +1042,10 @@ CK_DEFINE_ADD_ROWS(ck_add_rows_f64, double)
  * jump into one unrolled copy 4-6%, on mnist-conv2's grad_input). Kernel
  * rows go outermost, so that the sums stay in registers over the K/G
  * channels (with channels outermost GCC kept them in memory around the
- * run of up to R kernel rows: 1.05-1.25x slower). A pixel sums its terms
- * in the order (r, k, s), whatever the thread count. w holds
- * the weights as (K/G, R, S, VL), input channels side by side; rows is
- * H x W x VL, H = P + R - 1. */
+ * run of up to R kernel rows: 1.03-1.27x slower). A pixel sums its terms
+ * in the order (r, k, s), whatever the thread count. w holds the weights
+ * as (K/G, R, S, VL), input channels side by side; rows is H x W x VL,
+ * H = P + R - 1. */
 #define CK_GIR_CASES(NAME, QM)                                                            \
     CK_GIR_CASE(NAME, 1, QM) CK_GIR_CASE(NAME, 2, QM) CK_GIR_CASE(NAME, 3, QM)            \
     CK_GIR_CASE(NAME, 4, QM) CK_GIR_CASE(NAME, 5, QM) CK_GIR_CASE(NAME, 6, QM)            \
