@@ -771,15 +771,20 @@ def _use_rows_grad_input(g, itemsize):
     return _ROWS_MARGIN * idle <= other
 
 
+def _swapped_weight(weight, g):
+    """(G, C/G, K/G, R, S): the weights with K/G and C/G swapped, a view."""
+    return weight.reshape(g.groups, g.K_per_group, g.C_per_group, g.R, g.S).transpose(
+        0, 2, 1, 3, 4)
+
+
 def _grad_input_rows(grad_output, weight, g, n_threads):
     """grad_input by _conv.grad_input_rows, one (image, group, channel vector) per task."""
-    G, Kg, Cg = g.groups, g.K_per_group, g.C_per_group
     lanes, _ = _conv.grad_input_rows_shape(g.S, weight.itemsize)
-    # The weights with K/G and C/G swapped, packed with input channels side by side.
-    swapped = ConvGeometry(g.N, g.K, g.P, g.Q, g.C, g.R, g.S, g.H, g.W, G, (1, 1), (1, 1),
-                           g.padding)
-    wpk = _pack_weight(weight.reshape(G, Kg, Cg, g.R, g.S).transpose(0, 2, 1, 3, 4), swapped,
-                       lanes, n_threads)
+    # The swapped weights packed with input channels side by side, as those
+    # of a convolution from K to C channels.
+    transposed = ConvGeometry(g.N, g.K, g.P, g.Q, g.C, g.R, g.S, g.H, g.W, g.groups, (1, 1),
+                              (1, 1), g.padding)
+    wpk = _pack_weight(_swapped_weight(weight, g), transposed, lanes, n_threads)
     scratch = _scratch("threads", (n_threads, g.H * g.W * lanes), weight.dtype)
     grad_input = np.empty(g.input_shape, dtype=weight.dtype)
     _conv.grad_input_rows(grad_output.reshape(g.N, g.K, g.P * g.Q), wpk, grad_input, scratch,
@@ -827,9 +832,9 @@ def _grad_input_direct(grad_output, weight, g, n_threads):
     if _use_scatter_grad_input(g, weight.itemsize):
         return _grad_input_scatter(grad_output, weight, g, n_threads)
     (sh, sw), (dh, dw) = g.stride, g.dilation
-    G, Kg, Cg = g.groups, g.K_per_group, g.C_per_group
-    # (G, C/G, K/G, R, S): the weights of the transposed convolution, a view.
-    swapped = weight.reshape(G, Kg, Cg, g.R, g.S).transpose(0, 2, 1, 3, 4)
+    G = g.groups
+    # The weights of the transposed convolution.
+    swapped = _swapped_weight(weight, g)
     row_phases = [_phase_taps(a, sh, dh, g.padding[0][0], g.R) for a in range(min(sh, g.H))]
     col_phases = [_phase_taps(b, sw, dw, g.padding[1][0], g.S) for b in range(min(sw, g.W))]
     # A phase no tap reaches keeps a zero gradient; every other one is written whole.
