@@ -1209,3 +1209,139 @@ def test_channel_vector_grad_weight_leaves_out_padding(w_shape, kwargs, dtype, m
     np.testing.assert_array_equal(np.isinf(got), np.isinf(expected))
     finite = np.isfinite(expected)
     assert_close(got[finite], expected[finite], kind="grad")
+
+
+MASKED_CASES = {
+    # id: (x shape, K, R, S, padding, dilation, groups)
+    "same_3x3": ((1, 16, 12, 9), 16, 3, 3, 1, 1, 1),
+    "rows_narrower_than_a_vector": ((1, 8, 12, 4), 12, 3, 3, 1, 1, 1),
+    "span_as_wide_as_the_row": ((1, 8, 24, 2), 8, 5, 5, 2, 1, 1),
+    "asymmetric_4x4": ((1, 8, 10, 11), 8, 4, 4, ((1, 2), (2, 1)), 1, 1),
+    "dilated": ((1, 8, 13, 13), 16, 3, 3, 2, 2, 1),
+    "dilated_columns": ((1, 8, 9, 14), 8, 3, 3, (1, 2), (1, 2), 1),
+    "7x7": ((1, 6, 11, 23), 16, 7, 7, 3, 1, 1),
+    "channel_tail": ((1, 16, 8, 9), 12, 3, 3, 1, 1, 1),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", MASKED_CASES.values(), ids=MASKED_CASES.keys())
+def test_masked_forward(case, dtype, monkeypatch):
+    """The grid forward on x in place (one image: _forward_masked) gives the packed planes' bits.
+
+    Lanes whose tap reads outside the input are zeroed, as the padding
+    would be: a non-finite input in the first or last column or row (read,
+    for a neighbouring row's edge, by the vectors that span two rows) must
+    reach no output it should not, a non-finite weight must meet the
+    padding (0 * inf is NaN), and grad_input (the same forward on
+    grad_output) gives the same bits too.
+    """
+    from convkit import functional
+    from convkit._lib import _conv
+
+    if not _conv.has_masked_forward(np.dtype(dtype).itemsize):
+        pytest.skip(f"no masked forward in the {_conv.kernel_isa()} kernels")
+    shape, K, R, S, padding, dilation, groups = case
+    kw = dict(padding=padding, dilation=dilation, groups=groups, method="direct")
+    rng = np.random.default_rng(23)
+    x = rng.standard_normal(shape).astype(dtype)
+    x[0, 0, :, 0] = np.inf
+    x[0, -1, :, -1] = np.nan
+    x[0, 1, 0, 1] = -np.inf
+    x[0, 2, -1, -2] = np.inf
+    w = rng.standard_normal((K, shape[1] // groups, R, S)).astype(dtype)
+    w_nan = w.copy()
+    w_nan[1, 0, 0, 0] = np.nan
+    gy = rng.standard_normal((1, K) + shape[2:]).astype(dtype)
+    # The grid kernels, not the channel-vector one some of these shapes take.
+    monkeypatch.setattr(functional, "_channel_vector", lambda *a: False)
+    taken = []
+    use = functional._use_masked_forward
+    monkeypatch.setattr(functional, "_use_masked_forward",
+                        lambda *a: taken.append(use(*a)) or taken[-1])
+    outs = [convkit.conv2d(x, w, **kw), convkit.conv2d(x, w_nan, **kw),
+            convkit.conv2d_backward(gy, x, w, output_mask=(True, False, False), **kw)[0]]
+    assert taken and all(taken)
+    monkeypatch.setattr(functional, "_use_masked_forward", lambda *a: False)
+    for out, expected in zip(outs, [convkit.conv2d(x, w, **kw), convkit.conv2d(x, w_nan, **kw),
+                                    convkit.conv2d_backward(gy, x, w, output_mask=(True, False,
+                                                                                   False),
+                                                            **kw)[0]]):
+        np.testing.assert_array_equal(out, expected)
+    ref_kw = dict(padding=padding, dilation=dilation, groups=groups)
+    touched = reference.conv2d((~np.isfinite(x)).astype(dtype), np.ones_like(w), **ref_kw) > 0
+    assert np.all(np.isfinite(outs[0]) == ~touched)
+    finite = reference.conv2d(np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0), w, **ref_kw)
+    assert_close(outs[0][~touched], finite[~touched])
+    assert np.isnan(outs[1][0, 1]).all()
+    assert_close(outs[2], reference.conv2d_backward(gy, x, w, output_mask=(True, False, False),
+                                                    **ref_kw)[0])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_masked_forward_batch(dtype):
+    """forward_masked's tasks over images and groups (7 channels of a block of 8).
+
+    Every block of positions here touches a first or last row: the
+    masked-load path, next to images whose edge rows hold inf.
+    """
+    from convkit import functional
+    from convkit._lib import _conv
+
+    if not _conv.has_masked_forward(np.dtype(dtype).itemsize):
+        pytest.skip(f"no masked forward in the {_conv.kernel_isa()} kernels")
+    rng = np.random.default_rng(29)
+    x = rng.standard_normal((3, 12, 10, 7)).astype(dtype)
+    x[:, :, 0] = np.inf   # first and last rows: the neighbouring image's padding
+    x[:, :, -1] = -np.inf
+    w = rng.standard_normal((21, 4, 3, 3)).astype(dtype)
+    bias = rng.standard_normal(21).astype(dtype)
+    g = functional.conv_geometry(x.shape, w.shape, 1, 1, 1, 3)
+    y = np.empty((3, 21, 10, 7), dtype)
+    assert functional._use_masked_forward(g, x, y)
+    functional._forward_masked(x, w, bias, g, y, 2)
+    np.testing.assert_array_equal(y, convkit.conv2d(x, w, bias, padding=1, groups=3,
+                                                    method="direct"))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_masked_forward_guard_pages(dtype):
+    """forward_masked reads nothing outside x: x fills whole pages between two
+    unreadable ones, so a load before its first element or past its last
+    faults (masked lanes may not touch their addresses; whole vectors stay
+    in the channel's plane)."""
+    import ctypes
+    import mmap
+
+    from convkit import functional
+    from convkit._lib import _conv
+
+    if not _conv.has_masked_forward(np.dtype(dtype).itemsize):
+        pytest.skip(f"no masked forward in the {_conv.kernel_isa()} kernels")
+    libc = ctypes.CDLL(None, use_errno=True)
+    if not hasattr(libc, "mprotect"):
+        pytest.skip("no mprotect")
+    shape = (1, 8, 16, 8)
+    nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+    page = mmap.PAGESIZE
+    assert nbytes % page == 0
+    prot_none, prot_read_write = 0, 3  # Linux's PROT_NONE, PROT_READ | PROT_WRITE
+    region = mmap.mmap(-1, nbytes + 2 * page)
+    anchor = ctypes.c_char.from_buffer(region)
+    base = ctypes.addressof(anchor)
+    x = np.frombuffer(region, dtype, math.prod(shape), page).reshape(shape)
+    try:
+        for start in (base, base + page + nbytes):
+            assert libc.mprotect(ctypes.c_void_p(start), page, prot_none) == 0
+        x[...] = np.random.default_rng(31).standard_normal(shape)
+        w = np.random.default_rng(37).standard_normal((8, 8, 3, 3)).astype(dtype)
+        g = functional.conv_geometry(x.shape, w.shape, 1, 1, 1, 1)
+        y = np.empty(shape, dtype)
+        assert functional._use_masked_forward(g, x, y)
+        functional._forward_masked(x, w, np.zeros(8, dtype), g, y, 2)
+        assert_close(y, reference.conv2d(np.array(x), w, padding=1))
+    finally:
+        for start in (base, base + page + nbytes):
+            libc.mprotect(ctypes.c_void_p(start), page, prot_read_write)
+        del x, anchor
+        region.close()

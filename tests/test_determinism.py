@@ -88,6 +88,22 @@ def test_grad_input_rows_deterministic(dtype):
         grad_y.size * weight[0].size, CONV_MIN_WORK_PER_THREAD)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_batch_one_same_deterministic(dtype):
+    """One image, "same" 3x3 (resnet-3x3-n1's kind): the grid forward on x in
+    place where the CPU has it (a task per block of output channels), and
+    grad_input, the same forward on grad_output."""
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((1, 64, 30, 30)).astype(dtype)
+    weight = rng.standard_normal((64, 64, 3, 3)).astype(dtype)
+    grad_y = rng.standard_normal((1, 64, 30, 30)).astype(dtype)
+    _check_deterministic(
+        lambda: [convkit.conv2d(x, weight, padding=1),
+                 convkit.conv2d_backward(grad_y, x, weight, padding=1,
+                                         output_mask=(True, False, False))[0]],
+        x.size * weight[0].size, CONV_MIN_WORK_PER_THREAD)
+
+
 @pytest.mark.parametrize("method", ["auto", "direct", "im2col"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_pointwise_deterministic(dtype, method):

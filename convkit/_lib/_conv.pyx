@@ -197,6 +197,7 @@ cdef extern from "_direct.h" nogil:
     int64_t ck_grid_pass_bytes
     enum:
         CK_KB
+        CK_MASKED_TAPS
         CK_GW_KB
         CK_SLACK
         CK_DW_SMAX
@@ -270,6 +271,14 @@ cdef extern from "_direct.h" nogil:
     ctypedef void (*ck_col2im_f64_t)(const double *, int64_t, int64_t, int64_t, int64_t,
                                      int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
                                      double *, int64_t, int64_t)
+    ctypedef void (*ck_fwdm_f32_t)(const float *, const float *, const int64_t *,
+                                   const int64_t *, const int64_t *, int64_t, int64_t, int64_t,
+                                   int64_t, int64_t, int64_t, float *, int64_t, int64_t,
+                                   const float *)
+    ctypedef void (*ck_fwdm_f64_t)(const double *, const double *, const int64_t *,
+                                   const int64_t *, const int64_t *, int64_t, int64_t, int64_t,
+                                   int64_t, int64_t, int64_t, double *, int64_t, int64_t,
+                                   const double *)
     ctypedef void (*ck_gir_f32_t)(const float *, int64_t, const float *, int64_t, int64_t,
                                   int64_t, int64_t, float *)
     ctypedef void (*ck_gir_f64_t)(const double *, int64_t, const double *, int64_t, int64_t,
@@ -329,6 +338,8 @@ cdef extern from "_direct.h" nogil:
         int gir3_q
         int gir5_q
         int vector_bytes
+        ck_fwdm_f32_t fwdm_f32
+        ck_fwdm_f64_t fwdm_f64
     ck_kernels_t ck_kernels
     void ck_select_kernels(const char *cap)
     int ck_fwd_kind(int64_t terms, int64_t taps, int64_t grid_len, int64_t itemsize)
@@ -349,6 +360,7 @@ def _select_kernels():
 _select_kernels()
 
 CHANNEL_BLOCK = CK_KB
+MASKED_TAPS = CK_MASKED_TAPS
 PLANE_SLACK = CK_SLACK
 DEPTHWISE_MAX_WIDTH = CK_DW_SMAX
 
@@ -387,6 +399,11 @@ def grad_input_rows_shape(S, itemsize):
     if S == 5 and (ck_kernels.gir5_f32 != NULL if itemsize == 4 else ck_kernels.gir5_f64 != NULL):
         return lanes, ck_kernels.gir5_q
     return lanes, 0
+
+
+def has_masked_forward(itemsize):
+    """Whether this CPU's variant has the forward on unpacked input (forward_masked)."""
+    return (ck_kernels.fwdm_f32 if itemsize == 4 else ck_kernels.fwdm_f64) != NULL
 
 
 def grad_weight_channel_block(itemsize, wide=False):
@@ -873,6 +890,46 @@ def forward_packed(const floating[:, :, :, ::1] xpk,      # IN  (N, C, phases, p
                        chan_stride, Wph, Q, P, &scratch[omp_get_thread_num(), 0], gstride,
                        &y[n, g * Kg + k0, 0, 0], ks, rs, cs, kcount, &bias[g * Kg + k0], kb,
                        channel_vector, S, &order[0], &plan[0, 0], plan.shape[0], c_pass)
+
+
+def forward_masked(const floating[:, :, ::1] x,             # IN  (N, C, >= H*W)
+                   const floating[:, :, :, :, ::1] wpk,     # IN  (G, blocks, C/G, R*S, CK_KB)
+                   const int64_t[::1] tap_off,              # IN  (R*S,) row_off[r]*W + col_off[s]
+                   const int64_t[::1] row_off,              # IN  (R,) r*dh - top padding
+                   const int64_t[::1] col_off,              # IN  (S,) s*dw - left padding
+                   const floating[::1] bias,                # IN  (K,)
+                   floating[:, :, :, ::1] y,                # OUT (N, K, H, W)
+                   int n_threads):
+    """y = conv(x, w) + bias at stride 1 with y the size of x, x read where it lies.
+
+    The grid forward's sums on the zero-padded planes, term for term (see
+    CK_DEFINE_FORWARD_MASKED in _direct.h), without packing them: one task
+    per (image, group, block of CK_KB output channels). Only where
+    has_masked_forward(); the caller checks the geometry.
+    """
+    cdef int64_t N = x.shape[0], H = y.shape[2], W = y.shape[3], cs = x.shape[2]
+    cdef int64_t G = wpk.shape[0], blocks = wpk.shape[1], Cg = wpk.shape[2]
+    cdef int64_t R = row_off.shape[0], S = col_off.shape[0]
+    cdef int64_t K = y.shape[1], Kg = K // G, ks = H * W
+    cdef int64_t task, n, g, blk, k0, kcount
+    cdef ck_kernels_t kern = ck_kernels
+    for task in prange(N * G * blocks, schedule="static", nogil=True,
+                       num_threads=n_threads):
+        n = task // (G * blocks)
+        g = (task // blocks) % G
+        blk = task % blocks
+        k0 = blk * CK_KB
+        kcount = Kg - k0
+        if kcount > CK_KB:
+            kcount = CK_KB
+        if floating is float:
+            kern.fwdm_f32(&x[n, g * Cg, 0], &wpk[g, blk, 0, 0, 0], &tap_off[0],
+                          &row_off[0], &col_off[0], R, S, Cg, cs, H, W, &y[n, g * Kg + k0, 0, 0],
+                          ks, kcount, &bias[g * Kg + k0])
+        else:
+            kern.fwdm_f64(&x[n, g * Cg, 0], &wpk[g, blk, 0, 0, 0], &tap_off[0],
+                          &row_off[0], &col_off[0], R, S, Cg, cs, H, W, &y[n, g * Kg + k0, 0, 0],
+                          ks, kcount, &bias[g * Kg + k0])
 
 
 def grad_weight_packed(const floating[:, :, ::1] gy_grid,   # IN  (N, K, P*Wph) zero at q >= Q

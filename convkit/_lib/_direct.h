@@ -53,6 +53,10 @@
 #else
 #define CK_X86 0
 #endif
+#if CK_X86
+/* The masked forward's AVX-512 loads and stores (in target-attributed functions). */
+#include <immintrin.h>
+#endif
 
 /* Fully unroll a loop over a register block, so its arrays stay in registers. */
 #if defined(__clang__)
@@ -1478,6 +1482,147 @@ typedef int64_t ck_v4l __attribute__((vector_size(32)));
 #endif
 #define CK_BASE
 
+/* ---- forward on the input where it lies (AVX-512 masks) ---------------- */
+
+/* Taps of the masked forward at most (its per-block masks live on the stack). */
+#define CK_MASKED_TAPS 64
+
+/* Lanes [lo, hi) of a VL-lane mask, clipped to [0, VL). */
+static inline uint64_t ck_lane_range(int64_t lo, int64_t hi, int64_t VL)
+{
+    if (lo < 0)
+        lo = 0;
+    if (hi > VL)
+        hi = VL;
+    return hi > lo ? (((uint64_t)1 << hi) - ((uint64_t)1 << lo)) : 0;
+}
+
+/* The channel loop of CK_DEFINE_FORWARD_MASKED (element type TT), LOAD giving
+ * tap t's vector b of positions at xp + b*VL, or a plain load where WHOLE. */
+#define CK_MASKED_SUM(TT, LOAD, WHOLE)                                                 \
+    for (c = 0; c < Cg; c++) {                                                         \
+        const TT *xc = x + c * chan_stride + j0;                                       \
+        const TT *wc = w + c * RS * KB;                                                \
+        for (t = 0; t < RS; t++) {                                                     \
+            const TT *xp = xc + tap_off[t];                                            \
+            const TT *wt = wc + t * KB;                                                \
+            V xv[NQ];                                                                  \
+            if (WHOLE) {                                                               \
+                CK_UNROLL for (b = 0; b < NQ; b++)                                     \
+                    memcpy(&xv[b], xp + b * VL, sizeof(V));                            \
+            } else                                                                     \
+                CK_UNROLL for (b = 0; b < NQ; b++)                                     \
+                    xv[b] = LOAD;                                                      \
+            CK_UNROLL for (kb = 0; kb < KB; kb++)                                      \
+                CK_UNROLL for (b = 0; b < NQ; b++)                                     \
+                    acc[kb][b] += xv[b] * wt[kb];                                      \
+        }                                                                              \
+    }
+
+/* The grid forward's sums for a stride-1 convolution whose output is the
+ * input's size (P == H, Q == W: "same" padding), read from x where it lies:
+ * no packed copy, and the H x W grid wastes no column. Tap t = (r, s) reads
+ * output position j = p*W + q at x + j + tap_off[t] (tap_off[t] =
+ * row_off[r]*W + col_off[s]). A lane whose (p + row_off[r], q + col_off[s])
+ * falls outside the input is zeroed: it holds the zero the padding would,
+ * so every sum is the grid kernel's on the padded planes, term for term
+ * (the same bits, inf and NaN included). Blocks of positions whose every
+ * tap reads inside the channel's plane, in rows of the input, load whole
+ * vectors and AND them with the column masks (a column off the edge reads
+ * the neighbouring row). The others (near the first and last rows, the
+ * tail) use masked loads, which never touch a masked lane's address but
+ * cost more on Zen 4: n1's kernel ran 8% slower with every block on them.
+ * Outputs go straight from the registers to out[k*out_kstride + j]
+ * (contiguous rows), plus the bias. MASKVEC turns a lane mask into a vector
+ * of all-ones lanes. */
+#define CK_DEFINE_FORWARD_MASKED(NAME, T, TI, MT, LOADZ, STOREM, MASKVEC, QB, ATTR)     \
+    ATTR static void NAME(const T *x, const T *w, const int64_t *tap_off,              \
+                          const int64_t *row_off, const int64_t *col_off, int64_t R,   \
+                          int64_t S, int64_t Cg, int64_t chan_stride, int64_t H,       \
+                          int64_t W, T *out, int64_t out_kstride, int64_t kcount,      \
+                          const T *bias)                                               \
+    {                                                                                  \
+        typedef T V __attribute__((vector_size(64)));                                  \
+        typedef TI VI __attribute__((vector_size(64)));                                \
+        enum { VL = 64 / sizeof(T), QW = VL * QB, KB = CK_KB, NQ = QB };               \
+        int64_t grid_len = H * W, RS = R * S, j0, c, t, kb, b, r, s;                   \
+        MT m[CK_MASKED_TAPS][QB];                                                      \
+        VI mv[CK_MASKED_TAPS][QB];                                                     \
+        int whole[CK_MASKED_TAPS];                                                     \
+        /* Whole vectors only where every tap of the block reads inside the    \
+         * channel's plane: a column off its edge reads the row next to it,    \
+         * never memory before the first channel or after the last. */        \
+        int64_t off_lo = 0, off_hi = 0;                                                \
+        for (t = 0; t < R * S; t++) {                                                  \
+            off_lo = tap_off[t] < off_lo ? tap_off[t] : off_lo;                        \
+            off_hi = tap_off[t] > off_hi ? tap_off[t] : off_hi;                        \
+        }                                                                              \
+        for (j0 = 0; j0 < grid_len; j0 += QW) {                                        \
+            int inside = j0 + off_lo >= 0 && j0 + QW + off_hi <= grid_len;             \
+            for (b = 0; b < QB; b++) {                                                 \
+                int64_t jv = j0 + b * VL, qv = jv % W;                                 \
+                uint64_t rows[CK_MASKED_TAPS], cols[CK_MASKED_TAPS];                   \
+                uint64_t all = ck_lane_range(0, VL, VL);                               \
+                for (r = 0; r < R; r++) {                                              \
+                    int64_t shift = row_off[r] * W, hi = grid_len - jv - shift;        \
+                    rows[r] = ck_lane_range(-jv - shift, hi < grid_len - jv ? hi       \
+                                            : grid_len - jv, VL);                      \
+                    inside &= rows[r] == all;                                          \
+                }                                                                      \
+                for (s = 0; s < S; s++) {                                              \
+                    int64_t ds = col_off[s], span = ds < 0 ? -ds : ds, B;              \
+                    uint64_t bad = 0;                                                  \
+                    /* Row starts B (lane of q == 0): ds < 0 loses the span lanes   \
+                     * from each, ds > 0 the span lanes before each. */              \
+                    for (B = -qv - (span + W - 1) / W * W; B - (ds > 0 ? ds : 0) < VL;  \
+                         B += W)                                                       \
+                        bad |= ds < 0 ? ck_lane_range(B, B + span, VL)                 \
+                                      : ck_lane_range(B - span, B, VL);                \
+                    cols[s] = all & ~bad;                                              \
+                }                                                                      \
+                for (r = 0; r < R; r++)                                                \
+                    for (s = 0; s < S; s++)                                            \
+                        m[r * S + s][b] = (MT)(rows[r] & cols[s]);                     \
+            }                                                                          \
+            V acc[KB][QB];                                                             \
+            CK_UNROLL for (kb = 0; kb < KB; kb++)                                      \
+                CK_UNROLL for (b = 0; b < QB; b++)                                     \
+                    acc[kb][b] = (V){0};                                               \
+            if (inside) {                                                              \
+                for (t = 0; t < RS; t++) {                                             \
+                    whole[t] = 1;                                                      \
+                    for (b = 0; b < QB; b++) {                                         \
+                        mv[t][b] = (VI)MASKVEC(m[t][b]);                               \
+                        whole[t] &= (uint64_t)m[t][b] == ck_lane_range(0, VL, VL);     \
+                    }                                                                  \
+                }                                                                      \
+                CK_MASKED_SUM(T, ck_masked_and_(xp + b * VL, mv[t][b]), whole[t])      \
+            } else                                                                     \
+                CK_MASKED_SUM(T, (V)LOADZ(m[t][b], xp + b * VL), 0)                    \
+            CK_UNROLL for (kb = 0; kb < KB; kb++) {                                    \
+                T *o = out + kb * out_kstride;                                         \
+                if (kb >= kcount)                                                      \
+                    break;                                                             \
+                CK_UNROLL for (b = 0; b < QB; b++) {                                   \
+                    int64_t j = j0 + b * VL;                                           \
+                    V v = acc[kb][b] + bias[kb];                                       \
+                    if (j + VL <= grid_len)                                            \
+                        memcpy(o + j, &v, sizeof(V));                                  \
+                    else if (j < grid_len)                                             \
+                        STOREM(o + j, (MT)ck_lane_range(0, grid_len - j, VL), v);      \
+                }                                                                      \
+            }                                                                          \
+        }                                                                              \
+    }
+/* A whole vector (V) from P, its lanes off the input zeroed by the mask
+ * vector MV (VI). */
+#define ck_masked_and_(P, MV)                                                          \
+    __extension__({                                                                    \
+        V v_;                                                                          \
+        memcpy(&v_, (P), sizeof(V));                                                   \
+        (V)((VI)v_ & (MV));                                                            \
+    })
+
 /* CK_DEFINE_FORWARD: name, type, vector bytes, channel block (the packed
  * weights' last axis), channels per register block, vectors per block,
  * attribute; the other kernels: name, type, vector bytes, their blocks,
@@ -1578,6 +1723,12 @@ CK_DEFINE_GRAD_INPUT_ROWS(ck_gir5_f32_avx512, float, 64, 5, CK_GIR5_QM_AVX512, C
 CK_DEFINE_GRAD_INPUT_ROWS(ck_gir5_f64_avx512, double, 64, 5, CK_GIR5_QM_AVX512, CK_AVX512)
 CK_DEFINE_FORWARD_DW(ck_fwdw_f32_avx512, float, int32_t, 64, CK_AVX512)
 CK_DEFINE_FORWARD_DW(ck_fwdw_f64_avx512, double, int64_t, 64, CK_AVX512)
+#define CK_MASKVEC_F32(M) _mm512_maskz_set1_epi32((M), -1)
+#define CK_MASKVEC_F64(M) _mm512_maskz_set1_epi64((M), -1)
+CK_DEFINE_FORWARD_MASKED(ck_fwdm_f32_avx512, float, int32_t, __mmask16, _mm512_maskz_loadu_ps,
+                         _mm512_mask_storeu_ps, CK_MASKVEC_F32, 3, CK_AVX512)
+CK_DEFINE_FORWARD_MASKED(ck_fwdm_f64_avx512, double, int64_t, __mmask8, _mm512_maskz_loadu_pd,
+                         _mm512_mask_storeu_pd, CK_MASKVEC_F64, 3, CK_AVX512)
 #endif
 
 typedef void (*ck_fwd_f32_t)(const float *, const float *, const int64_t *, int64_t, int64_t,
@@ -1646,6 +1797,14 @@ typedef void (*ck_col2im_f64_t)(const double *, int64_t, int64_t, int64_t, int64
                                 int64_t, int64_t, int64_t, int64_t, int64_t, double *, int64_t,
                                 int64_t);
 
+typedef void (*ck_fwdm_f32_t)(const float *, const float *, const int64_t *, const int64_t *,
+                              const int64_t *, int64_t, int64_t, int64_t, int64_t, int64_t,
+                              int64_t, float *, int64_t, int64_t, const float *);
+typedef void (*ck_fwdm_f64_t)(const double *, const double *, const int64_t *,
+                              const int64_t *, const int64_t *, int64_t, int64_t, int64_t,
+                              int64_t, int64_t, int64_t, double *, int64_t, int64_t,
+                              const double *);
+
 typedef void (*ck_gir_f32_t)(const float *, int64_t, const float *, int64_t, int64_t, int64_t,
                              int64_t, float *);
 typedef void (*ck_gir_f64_t)(const double *, int64_t, const double *, int64_t, int64_t,
@@ -1710,6 +1869,9 @@ typedef struct {
     ck_gir_f64_t gir3_f64, gir5_f64;
     int gir3_q, gir5_q;
     int vector_bytes; /* of the variant's vectors */
+    /* the forward on unpacked input for stride-1 "same" convolutions (or NULL) */
+    ck_fwdm_f32_t fwdm_f32;
+    ck_fwdm_f64_t fwdm_f64;
 } ck_kernels_t;
 
 static ck_kernels_t ck_kernels = {
@@ -1722,7 +1884,7 @@ static ck_kernels_t ck_kernels = {
     ck_fwd_f32_base, ck_fwd_f64_base, ck_fwdw_f32_base, ck_fwdw_f64_base, CK_SHORT, 0, 32, 32,
     ck_col2ims_f32_base, ck_col2ims_f64_base, ck_gwk_f32_base, ck_gwk_f64_base, 8, 4, 6,
     ck_fwd_f32_base, ck_fwd_f64_base, 32, ck_transpose_f32_base, ck_transpose_f64_base,
-    3, 3, 3, 3, NULL, NULL, NULL, NULL, 0, 0, 16};
+    3, 3, 3, 3, NULL, NULL, NULL, NULL, 0, 0, 16, NULL, NULL};
 
 /* Pick the widest variant this CPU runs; CONVKIT_ISA=avx2|baseline caps it. */
 static void ck_select_kernels(const char *cap)
@@ -1750,7 +1912,8 @@ static void ck_select_kernels(const char *cap)
                           ck_fwdq_f32_avx512, ck_fwdq_f64_avx512, 256,
                           ck_transpose_f32_avx2, ck_transpose_f64_avx2, 8, 4, 6, 4,
                           ck_gir3_f32_avx512, ck_gir5_f32_avx512, ck_gir3_f64_avx512,
-                          ck_gir5_f64_avx512, CK_GIR3_QM_AVX512, CK_GIR5_QM_AVX512, 64};
+                          ck_gir5_f64_avx512, CK_GIR3_QM_AVX512, CK_GIR5_QM_AVX512, 64,
+                          ck_fwdm_f32_avx512, ck_fwdm_f64_avx512};
         ck_kernels = k;
         /* AMD family 19h with AVX-512 is Zen 4 (Zen 3 has none, Zen 5 is 1Ah):
          * its kernels run fastest summing every input channel in one pass. */
@@ -1773,7 +1936,7 @@ static void ck_select_kernels(const char *cap)
                           ck_gwk_f64_avx2, 16, 8, 6, ck_fwds_f32_avx2, ck_fwds_f64_avx2, 32,
                           ck_transpose_f32_avx2, ck_transpose_f64_avx2, 6, 4, 6, 4,
                           ck_gir3_f32_avx2, ck_gir5_f32_avx2, ck_gir3_f64_avx2, NULL,
-                          CK_GIR3_QM_AVX2, CK_GIR5_QM_AVX2, 32};
+                          CK_GIR3_QM_AVX2, CK_GIR5_QM_AVX2, 32, NULL, NULL};
         ck_kernels = k;
     }
 #else
