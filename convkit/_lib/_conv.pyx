@@ -850,6 +850,23 @@ def forward_depthwise(const floating[:, :, :, ::1] x,  # IN  (N, C, H, W)
                           S, sh, pt, pl, dh, dw, &y[n, k, 0, 0], rs, P, Q, bias[k])
 
 
+cdef struct _BlockTask:
+    int64_t n, g, blk, k0, kcount
+
+
+cdef inline _BlockTask _block_task(int64_t task, int64_t G, int64_t blocks, int64_t kb,
+                                   int64_t Kg) noexcept nogil:
+    """Task ``task`` of N * G * blocks: image n, group g, block blk of kb output
+    channels, its first channel k0 in the group and its count (the last may be short)."""
+    cdef _BlockTask t
+    t.n = task // (G * blocks)
+    t.g = (task // blocks) % G
+    t.blk = task % blocks
+    t.k0 = t.blk * kb
+    t.kcount = min(kb, Kg - t.k0)
+    return t
+
+
 def forward_packed(const floating[:, :, :, ::1] xpk,      # IN  (N, C, phases, plane_len)
                    const floating[:, :, :, :, ::1] wpk,   # IN  (G, blocks, C/G, R*S, kb)
                    const int64_t[::1] tap_off,            # IN  (R*S,)
@@ -876,20 +893,16 @@ def forward_packed(const floating[:, :, :, ::1] xpk,      # IN  (N, C, phases, p
     cdef int64_t ks = y.strides[1] // sizeof(floating), rs = y.strides[2] // sizeof(floating)
     cdef int64_t cs = y.strides[3] // sizeof(floating)
     cdef int64_t Kg = K // G, gstride = scratch.shape[1] // kb
-    cdef int64_t task, n, g, blk, k0, kcount
+    cdef int64_t task
+    cdef _BlockTask t
     for task in prange(N * G * blocks, schedule="static", nogil=True,
                        num_threads=n_threads):
-        n = task // (G * blocks)
-        g = (task // blocks) % G
-        blk = task % blocks
-        k0 = blk * kb
-        kcount = Kg - k0
-        if kcount > kb:
-            kcount = kb
-        _forward_block(&xpk[n, g * Cg, 0, 0], &wpk[g, blk, 0, 0, 0], &tap_off[0], Cg, RS,
-                       chan_stride, Wph, Q, P, &scratch[omp_get_thread_num(), 0], gstride,
-                       &y[n, g * Kg + k0, 0, 0], ks, rs, cs, kcount, &bias[g * Kg + k0], kb,
-                       channel_vector, S, &order[0], &plan[0, 0], plan.shape[0], c_pass)
+        t = _block_task(task, G, blocks, kb, Kg)
+        _forward_block(&xpk[t.n, t.g * Cg, 0, 0], &wpk[t.g, t.blk, 0, 0, 0], &tap_off[0], Cg,
+                       RS, chan_stride, Wph, Q, P, &scratch[omp_get_thread_num(), 0], gstride,
+                       &y[t.n, t.g * Kg + t.k0, 0, 0], ks, rs, cs, t.kcount,
+                       &bias[t.g * Kg + t.k0], kb, channel_vector, S, &order[0], &plan[0, 0],
+                       plan.shape[0], c_pass)
 
 
 def forward_masked(const floating[:, :, ::1] x,             # IN  (N, C, >= H*W)
@@ -911,25 +924,20 @@ def forward_masked(const floating[:, :, ::1] x,             # IN  (N, C, >= H*W)
     cdef int64_t G = wpk.shape[0], blocks = wpk.shape[1], Cg = wpk.shape[2]
     cdef int64_t R = row_off.shape[0], S = col_off.shape[0]
     cdef int64_t K = y.shape[1], Kg = K // G, ks = H * W
-    cdef int64_t task, n, g, blk, k0, kcount
+    cdef int64_t task
+    cdef _BlockTask t
     cdef ck_kernels_t kern = ck_kernels
     for task in prange(N * G * blocks, schedule="static", nogil=True,
                        num_threads=n_threads):
-        n = task // (G * blocks)
-        g = (task // blocks) % G
-        blk = task % blocks
-        k0 = blk * CK_KB
-        kcount = Kg - k0
-        if kcount > CK_KB:
-            kcount = CK_KB
+        t = _block_task(task, G, blocks, CK_KB, Kg)
         if floating is float:
-            kern.fwdm_f32(&x[n, g * Cg, 0], &wpk[g, blk, 0, 0, 0], &tap_off[0],
-                          &row_off[0], &col_off[0], R, S, Cg, cs, H, W, &y[n, g * Kg + k0, 0, 0],
-                          ks, kcount, &bias[g * Kg + k0])
+            kern.fwdm_f32(&x[t.n, t.g * Cg, 0], &wpk[t.g, t.blk, 0, 0, 0], &tap_off[0],
+                          &row_off[0], &col_off[0], R, S, Cg, cs, H, W,
+                          &y[t.n, t.g * Kg + t.k0, 0, 0], ks, t.kcount, &bias[t.g * Kg + t.k0])
         else:
-            kern.fwdm_f64(&x[n, g * Cg, 0], &wpk[g, blk, 0, 0, 0], &tap_off[0],
-                          &row_off[0], &col_off[0], R, S, Cg, cs, H, W, &y[n, g * Kg + k0, 0, 0],
-                          ks, kcount, &bias[g * Kg + k0])
+            kern.fwdm_f64(&x[t.n, t.g * Cg, 0], &wpk[t.g, t.blk, 0, 0, 0], &tap_off[0],
+                          &row_off[0], &col_off[0], R, S, Cg, cs, H, W,
+                          &y[t.n, t.g * Kg + t.k0, 0, 0], ks, t.kcount, &bias[t.g * Kg + t.k0])
 
 
 def grad_weight_packed(const floating[:, :, ::1] gy_grid,   # IN  (N, K, P*Wph) zero at q >= Q
