@@ -634,10 +634,9 @@ def _forward_masked(x, weight, bias, g, y, n_threads):
     """y = conv(x, weight) + bias by _conv.forward_masked (see _use_masked_forward)."""
     row_off = np.arange(g.R, dtype=np.int64) * g.dilation[0] - g.padding[0][0]
     col_off = np.arange(g.S, dtype=np.int64) * g.dilation[1] - g.padding[1][0]
-    tap_off = (row_off[:, None] * g.W + col_off[None, :]).reshape(-1)
     packed = _pack_weight(weight, g, _conv.CHANNEL_BLOCK, n_threads)
-    _conv.forward_masked(x.reshape(g.N, g.C, g.H * g.W), packed, tap_off, row_off, col_off,
-                         bias, y, n_threads)
+    _conv.forward_masked(x.reshape(g.N, g.C, g.H * g.W), packed, row_off, col_off, bias, y,
+                         n_threads)
 
 
 def _forward_direct(x, weight, bias, g, y, n_threads, weights_finite=None):

@@ -272,13 +272,11 @@ cdef extern from "_direct.h" nogil:
                                      int64_t, int64_t, int64_t, int64_t, int64_t, int64_t,
                                      double *, int64_t, int64_t)
     ctypedef void (*ck_fwdm_f32_t)(const float *, const float *, const int64_t *,
-                                   const int64_t *, const int64_t *, int64_t, int64_t, int64_t,
-                                   int64_t, int64_t, int64_t, float *, int64_t, int64_t,
-                                   const float *)
+                                   const int64_t *, int64_t, int64_t, int64_t, int64_t,
+                                   int64_t, int64_t, float *, int64_t, int64_t, const float *)
     ctypedef void (*ck_fwdm_f64_t)(const double *, const double *, const int64_t *,
-                                   const int64_t *, const int64_t *, int64_t, int64_t, int64_t,
-                                   int64_t, int64_t, int64_t, double *, int64_t, int64_t,
-                                   const double *)
+                                   const int64_t *, int64_t, int64_t, int64_t, int64_t,
+                                   int64_t, int64_t, double *, int64_t, int64_t, const double *)
     ctypedef void (*ck_gir_f32_t)(const float *, int64_t, const float *, int64_t, int64_t,
                                   int64_t, int64_t, float *)
     ctypedef void (*ck_gir_f64_t)(const double *, int64_t, const double *, int64_t, int64_t,
@@ -907,7 +905,6 @@ def forward_packed(const floating[:, :, :, ::1] xpk,      # IN  (N, C, phases, p
 
 def forward_masked(const floating[:, :, ::1] x,             # IN  (N, C, >= H*W)
                    const floating[:, :, :, :, ::1] wpk,     # IN  (G, blocks, C/G, R*S, CK_KB)
-                   const int64_t[::1] tap_off,              # IN  (R*S,) row_off[r]*W + col_off[s]
                    const int64_t[::1] row_off,              # IN  (R,) r*dh - top padding
                    const int64_t[::1] col_off,              # IN  (S,) s*dw - left padding
                    const floating[::1] bias,                # IN  (K,)
@@ -931,12 +928,12 @@ def forward_masked(const floating[:, :, ::1] x,             # IN  (N, C, >= H*W)
                        num_threads=n_threads):
         t = _block_task(task, G, blocks, CK_KB, Kg)
         if floating is float:
-            kern.fwdm_f32(&x[t.n, t.g * Cg, 0], &wpk[t.g, t.blk, 0, 0, 0], &tap_off[0],
-                          &row_off[0], &col_off[0], R, S, Cg, cs, H, W,
+            kern.fwdm_f32(&x[t.n, t.g * Cg, 0], &wpk[t.g, t.blk, 0, 0, 0], &row_off[0],
+                          &col_off[0], R, S, Cg, cs, H, W,
                           &y[t.n, t.g * Kg + t.k0, 0, 0], ks, t.kcount, &bias[t.g * Kg + t.k0])
         else:
-            kern.fwdm_f64(&x[t.n, t.g * Cg, 0], &wpk[t.g, t.blk, 0, 0, 0], &tap_off[0],
-                          &row_off[0], &col_off[0], R, S, Cg, cs, H, W,
+            kern.fwdm_f64(&x[t.n, t.g * Cg, 0], &wpk[t.g, t.blk, 0, 0, 0], &row_off[0],
+                          &col_off[0], R, S, Cg, cs, H, W,
                           &y[t.n, t.g * Kg + t.k0, 0, 0], ks, t.kcount, &bias[t.g * Kg + t.k0])
 
 

@@ -1522,8 +1522,7 @@ static inline uint64_t ck_lane_range(int64_t lo, int64_t hi, int64_t VL)
 /* The grid forward's sums for a stride-1 convolution whose output is the
  * input's size (P == H, Q == W: "same" padding), read from x where it lies:
  * no packed copy, and the H x W grid wastes no column. Tap t = (r, s) reads
- * output position j = p*W + q at x + j + tap_off[t] (tap_off[t] =
- * row_off[r]*W + col_off[s]). A lane whose (p + row_off[r], q + col_off[s])
+ * output position j = p*W + q at x + j + row_off[r]*W + col_off[s]. A lane whose (p + row_off[r], q + col_off[s])
  * falls outside the input is zeroed: it holds the zero the padding would,
  * so every sum is the grid kernel's on the padded planes, term for term
  * (the same bits, inf and NaN included). Blocks of positions whose every
@@ -1536,7 +1535,7 @@ static inline uint64_t ck_lane_range(int64_t lo, int64_t hi, int64_t VL)
  * (contiguous rows), plus the bias. MASKVEC turns a lane mask into a vector
  * of all-ones lanes. */
 #define CK_DEFINE_FORWARD_MASKED(NAME, T, TI, MT, LOADZ, STOREM, MASKVEC, QB, ATTR)     \
-    ATTR static void NAME(const T *x, const T *w, const int64_t *tap_off,              \
+    ATTR static void NAME(const T *x, const T *w,                                      \
                           const int64_t *row_off, const int64_t *col_off, int64_t R,   \
                           int64_t S, int64_t Cg, int64_t chan_stride, int64_t H,       \
                           int64_t W, T *out, int64_t out_kstride, int64_t kcount,      \
@@ -1549,10 +1548,14 @@ static inline uint64_t ck_lane_range(int64_t lo, int64_t hi, int64_t VL)
         MT m[CK_MASKED_TAPS][QB];                                                      \
         VI mv[CK_MASKED_TAPS][QB];                                                     \
         int whole[CK_MASKED_TAPS];                                                     \
+        int64_t tap_off[CK_MASKED_TAPS];                                               \
         /* Whole vectors only where every tap of the block reads inside the    \
          * channel's plane: a column off its edge reads the row next to it,    \
          * never memory before the first channel or after the last. */        \
         int64_t off_lo = 0, off_hi = 0;                                                \
+        for (r = 0; r < R; r++)                                                        \
+            for (s = 0; s < S; s++)                                                    \
+                tap_off[r * S + s] = row_off[r] * W + col_off[s];                      \
         for (t = 0; t < R * S; t++) {                                                  \
             off_lo = tap_off[t] < off_lo ? tap_off[t] : off_lo;                        \
             off_hi = tap_off[t] > off_hi ? tap_off[t] : off_hi;                        \
@@ -1798,12 +1801,11 @@ typedef void (*ck_col2im_f64_t)(const double *, int64_t, int64_t, int64_t, int64
                                 int64_t);
 
 typedef void (*ck_fwdm_f32_t)(const float *, const float *, const int64_t *, const int64_t *,
-                              const int64_t *, int64_t, int64_t, int64_t, int64_t, int64_t,
-                              int64_t, float *, int64_t, int64_t, const float *);
+                              int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, float *,
+                              int64_t, int64_t, const float *);
 typedef void (*ck_fwdm_f64_t)(const double *, const double *, const int64_t *,
-                              const int64_t *, const int64_t *, int64_t, int64_t, int64_t,
-                              int64_t, int64_t, int64_t, double *, int64_t, int64_t,
-                              const double *);
+                              const int64_t *, int64_t, int64_t, int64_t, int64_t, int64_t,
+                              int64_t, double *, int64_t, int64_t, const double *);
 
 typedef void (*ck_gir_f32_t)(const float *, int64_t, const float *, int64_t, int64_t, int64_t,
                              int64_t, float *);
