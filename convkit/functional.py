@@ -595,7 +595,8 @@ def _grid_channel_pass(g, itemsize):
 
     Each block of grid positions reads a window of every phase plane of
     every channel it sums; in passes of _GRID_PASS_BYTES / (sh*sw*itemsize)
-    channels (16 float32 channels at stride 2, 64 at stride 1) that window
+    channels (AVX-512: 16 float32 channels at stride 2, 64 at stride 1;
+    AVX2: 8 and 32) that window
     stays in L1 while the block's taps reread it, the partial sums waiting
     in the grid. Alternated with one pass on a 2-core Zen 5 EPYC (AVX-512,
     2 threads, 3x3 stride 2 padding 1, float32): 8x128x28x28 -> 256 1.80x,
@@ -603,7 +604,10 @@ def _grid_channel_pass(g, itemsize):
     within 2%; float64 with 8 channels 0.98x-1.11x; at stride 1, 32 or 64
     channels of 8x256x28x28 -> 256 1.02x-1.04x. On a Zen 4 EPYC the passes
     lost 3.5-5% at stride 2 (resnet-3x3-s2, 8x128x28x28 -> 256) and gained
-    nothing at stride 1: there the kernels take one pass.
+    nothing at stride 1: there the kernels take one pass. The AVX2 kernels'
+    passes are half as wide: on a Zen 3 EPYC (32 KB of L1) they ran the
+    3x3 forwards of the ResNet shapes 1.07x-1.14x as fast as 256-byte
+    passes (see CK_GRID_PASS_BYTES_AVX2 in _direct.h).
     """
     return max(1, _GRID_PASS_BYTES // (g.stride[0] * g.stride[1] * itemsize))
 
