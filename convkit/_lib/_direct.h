@@ -260,13 +260,13 @@ static inline int64_t ck_kvec_chunk(int64_t per_channel, int64_t Cg)
 /* Tap t of input channel c for a block of QBX positions (CK_KVEC_POSITIONS). */
 #define CK_KVEC_TAP(QBX)                                                               \
     do {                                                                               \
-        const TK_ *xt = x + c * chan_stride + tap_off[t];                              \
+        int64_t xo = c * chan_stride + tap_off[t];                                     \
         const TK_ *wt = w + (c * RS + t) * KBW;                                        \
         V wv[KV_];                                                                     \
         for (v = 0; v < KV_; v++)                                                      \
             memcpy(&wv[v], wt + v * VL, sizeof(V));                                    \
         for (i = 0; i < (QBX); i++) {                                                  \
-            TK_ xs = xt[pos[i]];                                                       \
+            TK_ xs = xq[i][xo];                                                        \
             for (v = 0; v < KV_; v++)                                                  \
                 acc[i][v] += wv[v] * xs;                                               \
         }                                                                              \
@@ -277,13 +277,14 @@ static inline int64_t ck_kvec_chunk(int64_t per_channel, int64_t Cg)
  * [c0, c1). */
 #define CK_KVEC_POSITIONS(QBX)                                                         \
     do {                                                                               \
-        int64_t j0 = bk[0], count = bk[1], pos[QBX], jj[QBX];                          \
+        int64_t j0 = bk[0], count = bk[1], jj[QBX];                                    \
+        const TK_ *xq[QBX];                                                            \
         V acc[QBX][KV_];                                                               \
         TK_ *part = grid + j0 * KBW;                                                   \
         for (i = 0; i < (QBX); i++) {                                                  \
             int64_t j = order[j0 + (i < count ? i : 0)];                               \
             jj[i] = j;                                                                 \
-            pos[i] = (j / Q) * Wph + j % Q;                                            \
+            xq[i] = x + (j / Q) * Wph + j % Q;                                         \
             for (v = 0; v < KV_; v++) {                                                \
                 if (c0 == 0 || i >= count)                                             \
                     acc[i][v] = (V){0};                                                \
