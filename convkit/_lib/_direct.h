@@ -58,6 +58,14 @@
 #include <immintrin.h>
 #endif
 
+/* Hide how pointer P was computed, so that the compiler keeps it as a base
+ * register instead of rebuilding base + index arithmetic in an inner loop. */
+#if defined(__GNUC__) || defined(__clang__)
+#define CK_OPAQUE(P) __asm__("" : "+r"(P))
+#else
+#define CK_OPAQUE(P) ((void)0)
+#endif
+
 /* Fully unroll a loop over a register block, so its arrays stay in registers. */
 #if defined(__clang__)
 #define CK_UNROLL _Pragma("unroll")
@@ -155,6 +163,7 @@
                 for (c = c0; c < c1; c++) {                                            \
                     const T *xc = x + c * chan_stride + j0;                            \
                     const T *wc = w + c * RS * KB + k0;                                \
+                    CK_OPAQUE(xc);                                                     \
                     for (t = 0; t < RS; t++) {                                         \
                         const T *xp = xc + tap_off[t];                                 \
                         const T *wt = wc + t * KB;                                     \
