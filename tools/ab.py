@@ -4,7 +4,7 @@
                        [--interleave]
 
 SHAPES is a comma-separated list of convkit.bench.CONV_SHAPES names or of
-shapes spelled NxCxHxW-KxRxS, optionally with -sSTRIDE and -pPADDING
+shapes spelled NxCxHxW-KxRxS, optionally with -sSTRIDE, -pPADDING and -gGROUPS
 (64x32x13x13-64x3x3 is Keras's second MNIST convolution; 8x64x56x56-64x3x3-p1
 resnet-3x3), OP one of fwd, bwd, gi (grad_input alone), gw (grad_weight
 alone), float32, or the same with -f64. Both checkouts must be built in place
@@ -42,7 +42,7 @@ OUTPUT_MASKS = {"bwd": (True, True, True), "gi": (True, False, False),
                 "gw": (False, True, False)}
 
 
-_SPELLED = re.compile(r"(\d+)x(\d+)x(\d+)x(\d+)-(\d+)x(\d+)x(\d+)((?:-[sp]\d+)*)$")
+_SPELLED = re.compile(r"(\d+)x(\d+)x(\d+)x(\d+)-(\d+)x(\d+)x(\d+)((?:-[spg]\d+)*)$")
 
 
 def shape_of(shapes, name):
@@ -52,11 +52,12 @@ def shape_of(shapes, name):
     match = _SPELLED.match(name)
     if match is None:
         raise SystemExit(f"unknown shape {name!r}: neither a CONV_SHAPES name nor "
-                         "NxCxHxW-KxRxS[-sSTRIDE][-pPADDING]")
+                         "NxCxHxW-KxRxS[-sSTRIDE][-pPADDING][-gGROUPS]")
     sizes = [int(v) for v in match.groups()[:7]]
-    options = dict(re.findall(r"-([sp])(\d+)", match.group(8)))
+    options = dict(re.findall(r"-([spg])(\d+)", match.group(8)))
     shape_type = type(next(iter(shapes.values())))
-    return shape_type(*sizes, stride=int(options.get("s", 1)), padding=int(options.get("p", 0)))
+    return shape_type(*sizes, stride=int(options.get("s", 1)), padding=int(options.get("p", 0)),
+                      groups=int(options.get("g", 1)))
 
 
 def make_call(convkit, shapes, name, op, method):
