@@ -422,16 +422,16 @@ def measure_gemm(dtype, n_threads, settings, size=GEMM_SIZE):
     return 2 * size**3 / timing.median_s / 1e9
 
 
-def measure_copy(x, settings):
-    """GB/s (bytes read plus written) of NumPy copying ``x`` into a preallocated array.
+def copy_call(x):
+    """A call of NumPy copying ``x`` into a preallocated array (np.copyto, one thread).
 
-    The ceiling a memory-bound pooling pass is held to: the same bytes, the
-    same cache regime, in the same run. ``np.copyto`` runs on one thread.
+    The ceiling a memory-bound pooling pass is held to: the same bytes
+    (2 * x.nbytes, read plus written), the same cache regime. The benchmark
+    times it in turns with the pooling calls, so that both rates come from
+    the same stretch of the machine.
     """
     out = np.empty_like(x)
-    timing, _ = measure(lambda: np.copyto(out, x), max(settings.budget_s, 0.1),
-                        max(settings.min_repeats, 3), settle_s=settings.settle_s)
-    return 2 * x.nbytes / timing.median_s / 1e9
+    return lambda: np.copyto(out, x)
 
 
 def cpu_model():
@@ -554,7 +554,10 @@ def _run_case(case, n, expected, reference_fn, time_reference, torch_fn, gemm_gf
                                  settings.reference_min_repeats, warmup=False)[0].median_s
     # PyTorch and every method of convkit take turns, so that the ratios
     # between them come from the same stretch of a noisy machine.
+    # A pooling case's copy (its ceiling, see copy_call) takes turns too.
     fns = [case.convkit(method) for method in case.methods]
+    if not case.is_conv:
+        fns.append(copy_call(case.x))
     if torch_fn is not None:
         fns.append(torch_fn)
     timings = measure_interleaved(fns, settings.budget_s, settings.min_repeats,
@@ -563,7 +566,7 @@ def _run_case(case, n, expected, reference_fn, time_reference, torch_fn, gemm_gf
         timing, outputs = timings.pop()
         torch_time = timing.median_s
         torch_rel = max_errors(to_numpy(outputs), expected)[1]
-    copy_rate = None if case.is_conv else measure_copy(case.x, settings)
+    copy_rate = None if case.is_conv else 2 * case.x.nbytes / timings.pop()[0].median_s / 1e9
     rows = []
     for method, (timing, outputs) in zip(case.methods, timings):
         max_abs, max_rel = max_errors(outputs, expected)
