@@ -384,10 +384,13 @@ def test_depthwise_grad_weight(case, dtype):
 # id -> (x shape, weight shape, conv kwargs): convolutions of one input channel
 # per group that the in-place depthwise forward kernel runs (see
 # functional._use_depthwise_forward), between them every kind of its blocks:
-# 6 full rows by 2 and 1 vectors (for 3x3 kernels at row stride 1 too,
+# 6 full rows by 2 and 1 vectors (for 3x3 kernels with dilated columns,
 # input row by input row), single rows by 4, 2 and 1 vectors, interior and
 # edge vectors, rows just one vector wide, the lane-by-lane sums at the ends
-# of x.
+# of x; and of the 3x3 band kernel (CK_DEFINE_FORWARD_DW3: 3x3 at row stride
+# and dilation 1): bands of 4 rows and the single rows left over, rows that
+# miss a kernel row (top, bottom, several), padding on one side only, and
+# vectors that would read before the start or past the end of x.
 DEPTHWISE_FORWARD = {
     "mobilenet_28": ((2, 4, 28, 28), (4, 1, 3, 3), dict(padding=1)),
     "wide_rows_3x3": ((1, 3, 20, 70), (3, 1, 3, 3), dict(padding=1)),
@@ -402,6 +405,9 @@ DEPTHWISE_FORWARD = {
     "valid_no_padding": ((1, 2, 13, 35), (2, 1, 4, 2), {}),
     "widest_row_of_taps": ((1, 2, 9, 48), (2, 1, 2, 16), dict(padding=(1, 8))),
     "rows_no_tap_reaches": ((2, 2, 5, 24), (2, 1, 3, 3), dict(padding=(6, 1))),
+    "bands_3x3_top_unpadded": ((2, 3, 11, 21), (6, 1, 3, 3), dict(padding=((0, 2), (1, 1)))),
+    "bands_3x3_one_sided": ((1, 2, 14, 19), (4, 1, 3, 3), dict(padding=((2, 1), (0, 2)))),
+    "bands_3x3_short_planes": ((3, 2, 2, 33), (6, 1, 3, 3), dict(padding=(2, 1))),
 }
 
 
