@@ -1184,8 +1184,8 @@ CK_DEFINE_ADD_ROWS(ck_add_rows_f64, double)
  * vectors of VL columns one after the other, each reading the band's T + 2
  * input rows once (3 shifted loads a row) into T sums, with the 9 weights
  * held as vectors throughout: 3 (T + 2) loads for 9 T multiply-adds, and
- * the interior vectors of a band in one tight loop (CK_DW3_BAND, its own
- * function so that the weights keep their registers). Vectors whose reads
+ * the interior vectors of a band in one tight loop (CK_DEFINE_DW3_BAND, its
+ * own function so that the weights keep their registers). Vectors whose reads
  * cross the row's ends clear the lanes outside [0, W) bitwise. Output rows
  * that the kernel's top or bottom row misses, and any vector that would
  * read past an end of x, go one output row at a time (CK_DW3_ROW),
