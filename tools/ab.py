@@ -7,7 +7,10 @@ SHAPES is a comma-separated list of convkit.bench.CONV_SHAPES names or of
 shapes spelled NxCxHxW-KxRxS, optionally with -sSTRIDE, -pPADDING and -gGROUPS
 (64x32x13x13-64x3x3 is Keras's second MNIST convolution; 8x64x56x56-64x3x3-p1
 resnet-3x3), OP one of fwd, bwd, gi (grad_input alone), gw (grad_weight
-alone), float32, or the same with -f64. Both checkouts must be built in place
+alone), float32, or the same with -f64. The pooling ops maxpool, maxpool-idx
+(with indices), maxpool-bwd, avgpool and avgpool-bwd (also with -f64) take
+bench.POOL_SHAPES names or shapes spelled NxCxHxW-kKERNEL[-sSTRIDE][-pPADDING]
+(pool-2x2 is 64x32x24x24-k2). Both checkouts must be built in place
 (python setup.py build_ext --inplace).
 
 By default each rep runs every shape in a fresh process per checkout
@@ -43,6 +46,45 @@ OUTPUT_MASKS = {"bwd": (True, True, True), "gi": (True, False, False),
 
 
 _SPELLED = re.compile(r"(\d+)x(\d+)x(\d+)x(\d+)-(\d+)x(\d+)x(\d+)((?:-[spg]\d+)*)$")
+_SPELLED_POOL = re.compile(r"(\d+)x(\d+)x(\d+)x(\d+)-k(\d+)((?:-[sp]\d+)*)$")
+POOL_OPS = ("maxpool", "maxpool-idx", "maxpool-bwd", "avgpool", "avgpool-bwd")
+
+
+def pool_shape_of(shapes, name):
+    """The POOL_SHAPES entry ``name``, or the pooling shape it spells."""
+    if name in shapes:
+        return shapes[name]
+    match = _SPELLED_POOL.match(name)
+    if match is None:
+        raise SystemExit(f"unknown pooling shape {name!r}: neither a POOL_SHAPES name nor "
+                         "NxCxHxW-kKERNEL[-sSTRIDE][-pPADDING]")
+    sizes = [int(v) for v in match.groups()[:5]]
+    options = dict(re.findall(r"-([sp])(\d+)", match.group(6)))
+    shape_type = type(next(iter(shapes.values())))
+    return shape_type(*sizes, stride=int(options.get("s", sizes[4])),
+                      padding=int(options.get("p", 0)))
+
+
+def make_pool_call(convkit, shapes, name, op):
+    """A no-argument callable running pooling ``op`` of ``convkit`` on shape ``name``."""
+    dtype = np.float64 if op.endswith("-f64") else np.float32
+    kind = op.removesuffix("-f64")
+    s = pool_shape_of(shapes, name)
+    x = np.random.default_rng(0).standard_normal((s.N, s.C, s.H, s.W)).astype(dtype)
+    args = (s.kernel, s.stride, s.padding)
+    if kind == "maxpool":
+        return lambda: convkit.max_pool2d(x, *args)
+    if kind == "maxpool-idx":
+        return lambda: convkit.max_pool2d(x, *args, return_indices=True)
+    if kind == "avgpool":
+        return lambda: convkit.avg_pool2d(x, *args)
+    if kind == "maxpool-bwd":
+        y, indices = convkit.max_pool2d(x, *args, return_indices=True)
+        gy = np.random.default_rng(1).standard_normal(y.shape).astype(dtype)
+        return lambda: convkit.max_pool2d_backward(gy, indices, x.shape)
+    gy = np.random.default_rng(1).standard_normal(convkit.avg_pool2d(x, *args).shape)
+    gy = gy.astype(dtype)
+    return lambda: convkit.avg_pool2d_backward(gy, x.shape, *args)
 
 
 def shape_of(shapes, name):
@@ -62,6 +104,8 @@ def shape_of(shapes, name):
 
 def make_call(convkit, shapes, name, op, method):
     """A no-argument callable running ``op`` of ``convkit`` on shape ``name`` (seed 0)."""
+    if op.removesuffix("-f64") in POOL_OPS:
+        return make_pool_call(convkit, _bench_shapes(convkit)[1], name, op)
     dtype = np.float64 if op.endswith("-f64") else np.float32
     kind = op.split("-")[0]
     s = shape_of(shapes, name)
@@ -74,6 +118,12 @@ def make_call(convkit, shapes, name, op, method):
         return lambda: convkit.conv2d(x, w, b, **kw)
     gy = rng.standard_normal(convkit.conv2d(x, w, b, **kw).shape).astype(dtype)
     return lambda: convkit.conv2d_backward(gy, x, w, output_mask=OUTPUT_MASKS[kind], **kw)
+
+
+def _bench_shapes(convkit):
+    """(CONV_SHAPES, POOL_SHAPES) of ``convkit``'s bench module."""
+    bench = importlib.import_module(convkit.__name__ + ".bench")
+    return bench.CONV_SHAPES, bench.POOL_SHAPES
 
 
 def child(shapes, op, method):
@@ -168,7 +218,7 @@ def main():
     parser.add_argument("old")
     parser.add_argument("new")
     parser.add_argument("shapes")
-    ops = ["fwd", "bwd", "gi", "gw"]
+    ops = ["fwd", "bwd", "gi", "gw", *POOL_OPS]
     parser.add_argument("op", choices=ops + [op + "-f64" for op in ops])
     parser.add_argument("--method", default="auto")
     parser.add_argument("--reps", type=int, default=None,

@@ -174,9 +174,14 @@ static inline void pk_valid_range(int64_t size, int64_t count, int64_t step, int
 /*
  * PREFIX##_2x2: outputs [q, q_hi) of one output row of kernel 2, stride 2
  * windows inside the input, from input rows a and b = a + W, in one pass:
- * the four taps of a vector of windows in registers (stride 2 splits each
- * row's two vectors into even and odd lanes). With with_idx the winners'
- * offsets (0, 1, W, W+1) go to mt. Same overlap rule as the row passes.
+ * the four taps of a vector of windows in registers. Each row's two vectors
+ * split into even and odd lanes within each 16-byte group (one in-group
+ * shuffle apiece), so a vector's outputs come out in a fixed permuted order
+ * that one shuffle undoes before the store. The taps meet in pairs, (a0, a1)
+ * and (b0, b1), then the pairs: with the take rule (v > m or v is NaN) that
+ * picks the element the row-major scan picks (the last NaN, else the first
+ * maximum). With with_idx the winners' offsets (0, 1, W, W+1) go to mt.
+ * Same overlap rule as the row passes.
  */
 #define PK_DEFINE_2X2_ROW(PREFIX, T, IT, VBYTES, ATTR)                                  \
     ATTR static inline __attribute__((always_inline)) int64_t PREFIX##_2x2(             \
@@ -185,41 +190,44 @@ static inline void pk_valid_range(int64_t size, int64_t count, int64_t step, int
     {                                                                                   \
         typedef T V __attribute__((vector_size(VBYTES)));                               \
         typedef IT IV __attribute__((vector_size(VBYTES)));                             \
-        enum { VL = VBYTES / sizeof(T) };                                               \
-        IV even, odd;                                                                   \
+        enum { VL = VBYTES / sizeof(T), E = 16 / sizeof(T), HALF = E / 2 };             \
+        IV even, odd, order;                                                            \
         int64_t l, q_max = q_hi - VL;                                                   \
         if (q_max < q)                                                                  \
             return q;                                                                   \
+        /* lane l (group j, place k) holds the even element k of lo's group j, */       \
+        /* or for k >= HALF element k - HALF of hi's: output j*HALF + k, or */          \
+        /* VL/2 + j*HALF + k - HALF; order[q] is the lane that holds output q */        \
         for (l = 0; l < VL; l++) {                                                      \
-            even[l] = (IT)(2 * l);                                                      \
-            odd[l] = (IT)(2 * l + 1);                                                   \
+            int64_t j = l / E, k = l % E, o = l % (VL / 2);                             \
+            even[l] = (IT)(k < HALF ? j * E + 2 * k : VL + j * E + 2 * (k - HALF));     \
+            odd[l] = even[l] + 1;                                                       \
+            order[l] = (IT)(o / HALF * E + (l < VL / 2 ? 0 : HALF) + o % HALF);         \
         }                                                                               \
         for (;; q += VL) {                                                              \
-            V m, v, lo, hi, lo2, hi2;                                                   \
-            IV t = {0}, take;                                                           \
+            V lo, hi, m0, v0, m1, v1;                                                   \
+            IV take0, take1, take;                                                      \
             if (q > q_max)                                                              \
                 q = q_max;                                                              \
             memcpy(&lo, a + 2 * q, sizeof(V));                                          \
             memcpy(&hi, a + 2 * q + VL, sizeof(V));                                     \
-            memcpy(&lo2, b + 2 * q, sizeof(V));                                         \
-            memcpy(&hi2, b + 2 * q + VL, sizeof(V));                                    \
-            m = __builtin_shuffle(lo, hi, even);                                        \
-            v = __builtin_shuffle(lo, hi, odd);                                         \
-            take = (v > m) | (v != v);                                                  \
-            m = (V)(((IV)v & take) | ((IV)m & ~take));                                  \
-            if (with_idx)                                                               \
-                t = ((IT)1 & take) | (t & ~take);                                       \
-            v = __builtin_shuffle(lo2, hi2, even);                                      \
-            take = (v > m) | (v != v);                                                  \
-            m = (V)(((IV)v & take) | ((IV)m & ~take));                                  \
-            if (with_idx)                                                               \
-                t = (W & take) | (t & ~take);                                           \
-            v = __builtin_shuffle(lo2, hi2, odd);                                       \
-            take = (v > m) | (v != v);                                                  \
-            m = (V)(((IV)v & take) | ((IV)m & ~take));                                  \
-            memcpy(y + q, &m, sizeof(V));                                               \
+            m0 = __builtin_shuffle(lo, hi, even);                                       \
+            v0 = __builtin_shuffle(lo, hi, odd);                                        \
+            memcpy(&lo, b + 2 * q, sizeof(V));                                          \
+            memcpy(&hi, b + 2 * q + VL, sizeof(V));                                     \
+            m1 = __builtin_shuffle(lo, hi, even);                                       \
+            v1 = __builtin_shuffle(lo, hi, odd);                                        \
+            take0 = (v0 > m0) | (v0 != v0);                                             \
+            m0 = (V)(((IV)v0 & take0) | ((IV)m0 & ~take0));                            \
+            take1 = (v1 > m1) | (v1 != v1);                                             \
+            m1 = (V)(((IV)v1 & take1) | ((IV)m1 & ~take1));                             \
+            take = (m1 > m0) | (m1 != m1);                                              \
+            m0 = (V)(((IV)m1 & take) | ((IV)m0 & ~take));                               \
+            m0 = __builtin_shuffle(m0, order);                                          \
+            memcpy(y + q, &m0, sizeof(V));                                              \
             if (with_idx) {                                                             \
-                t = ((IT)(W + 1) & take) | (t & ~take);                                 \
+                IV t = ((((IT)1 & take1) + W) & take) | ((IT)1 & take0 & ~take);        \
+                t = __builtin_shuffle(t, order);                                        \
                 memcpy(mt + q, &t, sizeof(IV));                                         \
             }                                                                           \
             if (q == q_max)                                                             \
