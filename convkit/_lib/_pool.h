@@ -72,13 +72,35 @@ static inline void pk_valid_range(int64_t size, int64_t count, int64_t step, int
 }
 
 /*
+ * Shuffle patterns that split the 2*VL elements of two vectors (lo, hi) of
+ * IT-sized lanes into even and odd ones within each 16-byte group, so that
+ * each split is one in-group shuffle: lane l (group j, place k) takes the
+ * even element k of lo's group j or, for k >= half a group, element k - half
+ * of hi's; its stride-2 window is j*half + k, or VL/2 + j*half + k - half.
+ * order[q] is the lane that holds window q: one more shuffle puts a result
+ * back in window order.
+ */
+#define PK_SPLIT_LANES(IT, VL, even, odd, order)                                        \
+    do {                                                                                \
+        const int64_t e_ = 16 / (int64_t)sizeof(IT), h_ = e_ / 2;                       \
+        int64_t l_;                                                                     \
+        for (l_ = 0; l_ < (VL); l_++) {                                                 \
+            int64_t j_ = l_ / e_, k_ = l_ % e_, o_ = l_ % ((VL) / 2);                   \
+            (even)[l_] = (IT)(k_ < h_ ? j_ * e_ + 2 * k_ : (VL) + j_ * e_ + 2 * (k_ - h_)); \
+            (odd)[l_] = (even)[l_] + 1;                                                 \
+            (order)[l_] = (IT)(o_ / h_ * e_ + (l_ < (VL) / 2 ? 0 : h_) + o_ % h_);      \
+        }                                                                               \
+    } while (0)
+
+/*
  * Row passes on vectors of VBYTES, over outputs [q, q_hi) when at least one
  * whole vector fits (the last vector overlaps the one before rather than
  * leaving a tail); each returns the first output it left (q_hi, or q).
  *
  * PREFIX##_h: horizontal maxima hv[q] of a padded row xr (window q starts at
  * xr[q*sw]; the padding after the row covers every vector's reads), and the
- * winning column s in ht[q] when with_idx. dw == 1, sw is 1 or 2.
+ * winning column s in ht[q] when with_idx. dw == 1, sw is 1 or 2 (stride 2
+ * splits pairs of vectors with PK_SPLIT_LANES).
  * PREFIX##_v: vertical maxima of n rows of maxima (hr[k], winners tr[k] +
  * roff[k]) into the output row y (winners' offsets in mt).
  */
@@ -90,14 +112,11 @@ static inline void pk_valid_range(int64_t size, int64_t count, int64_t step, int
         typedef T V __attribute__((vector_size(VBYTES)));                               \
         typedef IT IV __attribute__((vector_size(VBYTES)));                             \
         enum { VL = VBYTES / sizeof(T) };                                               \
-        IV even, odd;                                                                   \
-        int64_t l, s, q_max = q_hi - VL;                                                \
+        IV even, odd, order;                                                            \
+        int64_t s, q_max = q_hi - VL;                                                   \
         if (q_max < q)                                                                  \
             return q;                                                                   \
-        for (l = 0; l < VL; l++) {                                                      \
-            even[l] = (IT)(2 * l);                                                      \
-            odd[l] = (IT)(2 * l + 1);                                                   \
-        }                                                                               \
+        PK_SPLIT_LANES(IT, VL, even, odd, order);                                       \
         for (;; q += VL) {                                                              \
             const T *base;                                                              \
             V m, v, lo, hi;                                                             \
@@ -126,6 +145,11 @@ static inline void pk_valid_range(int64_t size, int64_t count, int64_t step, int
                 m = (V)(((IV)v & take) | ((IV)m & ~take));                              \
                 if (with_idx)                                                           \
                     t = ((IT)s & take) | (t & ~take);                                   \
+            }                                                                           \
+            if (sw == 2) {                                                              \
+                m = __builtin_shuffle(m, order);                                        \
+                if (with_idx)                                                           \
+                    t = __builtin_shuffle(t, order);                                    \
             }                                                                           \
             memcpy(hv + q, &m, sizeof(V));                                              \
             if (with_idx)                                                               \
@@ -175,9 +199,8 @@ static inline void pk_valid_range(int64_t size, int64_t count, int64_t step, int
  * PREFIX##_2x2: outputs [q, q_hi) of one output row of kernel 2, stride 2
  * windows inside the input, from input rows a and b = a + W, in one pass:
  * the four taps of a vector of windows in registers. Each row's two vectors
- * split into even and odd lanes within each 16-byte group (one in-group
- * shuffle apiece), so a vector's outputs come out in a fixed permuted order
- * that one shuffle undoes before the store. The taps meet in pairs, (a0, a1)
+ * split into even and odd lanes by PK_SPLIT_LANES, and the result goes back
+ * to window order before the store. The taps meet in pairs, (a0, a1)
  * and (b0, b1), then the pairs: with the take rule (v > m or v is NaN) that
  * picks the element the row-major scan picks (the last NaN, else the first
  * maximum). With with_idx the winners' offsets (0, 1, W, W+1) go to mt.
@@ -190,20 +213,12 @@ static inline void pk_valid_range(int64_t size, int64_t count, int64_t step, int
     {                                                                                   \
         typedef T V __attribute__((vector_size(VBYTES)));                               \
         typedef IT IV __attribute__((vector_size(VBYTES)));                             \
-        enum { VL = VBYTES / sizeof(T), E = 16 / sizeof(T), HALF = E / 2 };             \
+        enum { VL = VBYTES / sizeof(T) };                                               \
         IV even, odd, order;                                                            \
-        int64_t l, q_max = q_hi - VL;                                                   \
+        int64_t q_max = q_hi - VL;                                                      \
         if (q_max < q)                                                                  \
             return q;                                                                   \
-        /* lane l (group j, place k) holds the even element k of lo's group j, */       \
-        /* or for k >= HALF element k - HALF of hi's: output j*HALF + k, or */          \
-        /* VL/2 + j*HALF + k - HALF; order[q] is the lane that holds output q */        \
-        for (l = 0; l < VL; l++) {                                                      \
-            int64_t j = l / E, k = l % E, o = l % (VL / 2);                             \
-            even[l] = (IT)(k < HALF ? j * E + 2 * k : VL + j * E + 2 * (k - HALF));     \
-            odd[l] = even[l] + 1;                                                       \
-            order[l] = (IT)(o / HALF * E + (l < VL / 2 ? 0 : HALF) + o % HALF);         \
-        }                                                                               \
+        PK_SPLIT_LANES(IT, VL, even, odd, order);                                       \
         for (;; q += VL) {                                                              \
             V lo, hi, m0, v0, m1, v1;                                                   \
             IV take0, take1, take;                                                      \
