@@ -384,6 +384,16 @@ cdef void _avg_backward_plane_2x2(const floating *gy, floating *gx,
             b[2 * q + 1] = share
 
 
+cdef void _avg_backward_plane_global(const floating *gy, floating *gx,
+                                     const floating *row_count, const floating *col_count,
+                                     int64_t HW) noexcept nogil:
+    """One window covering the whole plane (global pooling): every cell gets its share."""
+    cdef int64_t i
+    cdef floating share = gy[0] / (row_count[0] * col_count[0])
+    for i in range(HW):
+        gx[i] = share
+
+
 def avg_backward(const floating[:, :, :, ::1] grad_output,  # IN  (N, C, P, Q)
                  floating[:, :, :, ::1] grad_input,         # OUT (N, C, H, W)
                  floating[:, ::1] scratch,                  # (n_threads, Q + W)
@@ -398,9 +408,15 @@ def avg_backward(const floating[:, :, :, ::1] grad_output,  # IN  (N, C, P, Q)
     cdef bint windows_order = S > Q
     cdef bint fast_2x2 = (R == 2 and S == 2 and sh == 2 and sw == 2 and pt == 0 and pl == 0
                           and 2 * P <= H and 2 * Q <= W)
+    # one window per plane that covers all of it: nothing to zero or add up
+    cdef bint global_window = P == 1 and Q == 1 and pt == 0 and pl == 0 and R >= H and S >= W
     cdef const floating *gyp = &grad_output[0, 0, 0, 0]
     cdef floating *gxp = &grad_input[0, 0, 0, 0]
     for plane in prange(N * C, schedule="static", nogil=True, num_threads=n_threads):
+        if global_window:
+            _avg_backward_plane_global(gyp + plane, gxp + plane * H * W, &row_count[0],
+                                       &col_count[0], H * W)
+            continue
         memset(gxp + plane * H * W, 0, H * W * sizeof(floating))
         if fast_2x2:
             _avg_backward_plane_2x2(gyp + plane * P * Q, gxp + plane * H * W,
