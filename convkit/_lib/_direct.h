@@ -1195,6 +1195,11 @@ CK_DEFINE_ADD_ROWS(ck_add_rows_f64, double)
  * bit, as CK_DEFINE_FORWARD_DW's own blocks. */
 #define CK_DW3_T 4
 
+/* The lanes l of a vector whose column l + C lies in [0, W): all ones there,
+ * zeros elsewhere (IOTA holds 0, 1, ..., VL - 1 as TI). */
+#define CK_LANES_INSIDE(IOTA, TI, C, W)                                                \
+    (((IOTA) + (TI)(C) >= 0) & ((IOTA) + (TI)(C) < (TI)(W)))
+
 /* Output rows [0, NT) at the vectors [v0, v1) and [v2, v3) of columns
  * (vector v at column min(v VL, Q - VL)), reading input rows from xrow (the
  * input row of output row 0 and kernel row 0, column 0) as they are (MODE
@@ -1231,7 +1236,7 @@ CK_DEFINE_ADD_ROWS(ck_add_rows_f64, double)
             xr = xrow + c0;                                                            \
             if (MODE)                                                                  \
                 for (s = 0; s < 3; s++)                                                \
-                    mk[s] = (iota + (TI)(c0 + s) >= 0) & (iota + (TI)(c0 + s) < (TI)W); \
+                    mk[s] = CK_LANES_INSIDE(iota, TI, c0 + s, W);                      \
             CK_UNROLL for (i = 0; i < (NT); i++)                                       \
                 acc[i] = (V){0};                                                       \
             if ((NT) == 1 && (r_lo > 0 || r_hi < 3)) {                                 \
@@ -1363,7 +1368,7 @@ CK_DEFINE_ADD_ROWS(ck_add_rows_f64, double)
                     for (l_ = 0; l_ < VL; l_++)                                        \
                         if (a_ + l_ >= 0 && a_ + l_ < x_len)                           \
                             xv_[l_] = x[a_ + l_];                                      \
-                mk_ = (iota + (EI)(c0_ + s_) >= 0) & (iota + (EI)(c0_ + s_) < (EI)W);  \
+                mk_ = CK_LANES_INSIDE(iota, EI, c0_ + s_, W);                          \
                 xv_ = (V)((VI)xv_ & mk_);                                              \
                 acc_ += xv_ * wv[r_ * 3 + s_];                                         \
             }                                                                          \
@@ -1585,8 +1590,8 @@ CK_DEFINE_ADD_ROWS(ck_add_rows_f64, double)
         if (MODE)                                                                      \
             for (s_ = 0; s_ < S; s_++)                                                 \
                 CK_UNROLL for (j_ = 0; j_ < (NV); j_++) {                              \
-                    EI c_ = (EI)(qb[j_] - pl + s_ * dw);                               \
-                    mk_[s_ * (NV) + j_] = (iota + c_ >= 0) & (iota + c_ < (EI)W);      \
+                    mk_[s_ * (NV) + j_] =                                              \
+                        CK_LANES_INSIDE(iota, EI, qb[j_] - pl + s_ * dw, W);           \
                 }
 
 /* CK_DW_ROWS for 3x3 kernels. */
