@@ -373,8 +373,19 @@ def pool_geometry(x_shape, kernel_size, stride, padding, dilation, ceil_mode, x_
     ``x_shape`` is ``(N, C, H, W)``; ``stride=None`` means ``kernel_size``.
     PyTorch's rules: an explicit padding is at most half the kernel size on
     every side, and every output size is at least 1. ``"same"`` and
-    ``"valid"`` follow Keras (see :func:`resolve_padding`).
+    ``"valid"`` follow Keras (see :func:`resolve_padding`). As for
+    conv_geometry, the geometry of plain arguments is cached (ceil_mode a
+    bool, stride None or plain): working it out took 9 us of a small
+    max_pool2d's 20 us in Python.
     """
+    args = (x_shape, kernel_size, stride, padding, dilation, ceil_mode, x_name)
+    if (type(ceil_mode) is bool and (stride is None or _is_plain(stride))
+            and _is_plain((x_shape, kernel_size, padding, dilation, x_name))):
+        return _cached_pool_geometry(*args)
+    return _pool_geometry(*args)
+
+
+def _pool_geometry(x_shape, kernel_size, stride, padding, dilation, ceil_mode, x_name):
     if len(x_shape) != 4:
         raise ValueError(f"{x_name} must be 4-D (N, C, H, W), got shape {tuple(x_shape)}")
     N, C, H, W = (int(v) for v in x_shape)
@@ -410,6 +421,9 @@ def pool_geometry(x_shape, kernel_size, stride, padding, dilation, ceil_mode, x_
                 f"{kernel}, stride {stride}, dilation {dilation}); it would have no input "
                 f"to pool")
     return PoolGeometry(N, C, H, W, kernel[0], kernel[1], P, Q, stride, dilation, pads, same)
+
+
+_cached_pool_geometry = functools.lru_cache(maxsize=256)(_pool_geometry)
 
 
 def pool_window_counts(g, count_include_pad):

@@ -262,6 +262,47 @@ def test_cached_geometry_still_refuses_lookalikes(name, good, bad):
     assert conv_geometry(X_SHAPE, W_SHAPE, **args) == g
 
 
+@pytest.mark.parametrize("name, good, bad, error", [
+    ("kernel_size", 2, True, TypeError), ("stride", (2, 1), (True, 1), TypeError),
+    ("stride", None, 1.0, TypeError), ("padding", 1, True, TypeError),
+    ("dilation", 1, np.True_, TypeError), ("ceil_mode", True, 1, TypeError),
+    ("ceil_mode", False, 0, TypeError), ("padding", 1, 2, ValueError),
+])
+def test_cached_pool_geometry_still_refuses_lookalikes(name, good, bad, error):
+    """pool_geometry caches plain arguments too: a refused lookalike of a cached one
+    (True == 1, 1 == True for ceil_mode) still raises, call after call."""
+    from convkit._validation import pool_geometry
+
+    args = dict(kernel_size=3, stride=None, padding=0, dilation=1, ceil_mode=False)
+    args[name] = good
+    g = pool_geometry((2, 3, 9, 8), **args)
+    assert pool_geometry((2, 3, 9, 8), **args) is g
+    args[name] = bad
+    for _ in range(2):
+        with pytest.raises(error, match=name):
+            pool_geometry((2, 3, 9, 8), **args)
+    # A NumPy bool is a bool here: accepted, uncached, with the same geometry.
+    if name == "ceil_mode":
+        args[name] = np.bool_(good)
+        assert pool_geometry((2, 3, 9, 8), **args) == g
+
+
+def test_cached_avg_divisors_are_read_only_and_per_dtype():
+    """avg_pool2d's cached divisors cannot be written through, and a float64 call
+    after a float32 one (same geometry) gets its own."""
+    from convkit import _pooling
+    from convkit._validation import pool_geometry
+
+    x = np.arange(2 * 3 * 7 * 5, dtype=np.float32).reshape(2, 3, 7, 5)
+    y32 = convkit.avg_pool2d(x, 3, 2, 1, count_include_pad=False)
+    y64 = convkit.avg_pool2d(x.astype(np.float64), 3, 2, 1, count_include_pad=False)
+    np.testing.assert_allclose(y32, y64, rtol=1e-6)
+    g = pool_geometry(x.shape, 3, 2, 1, 1, False)
+    for dtype in (np.float32, np.float64):
+        rows, cols = _pooling._avg_divisors(g, False, np.dtype(dtype))
+        assert rows.dtype == dtype and not rows.flags.writeable and not cols.flags.writeable
+
+
 # ---------------------------------------------------------------- empty batch
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
