@@ -762,6 +762,18 @@ def _taps_slice(taps):
     return slice(taps[0], stop if stop >= 0 else None, -step)
 
 
+def _use_depthwise_scatter_grad_input(g):
+    """Whether a depthwise grad_input scatters a plane at a time (_conv.grad_input_depthwise_scatter).
+
+    For one input and one output channel per group at a stride above 1:
+    the gather form splits into sh*sw stride-1 convolutions of a tap or
+    few, each through the grid kernels of one output channel, or the
+    columns form packs R*S rows of products per plane for col2im.
+    (Stride 1 runs the depthwise forward kernel itself.)
+    """
+    return g.C_per_group == 1 and g.K_per_group == 1 and g.stride != (1, 1)
+
+
 def _use_scatter_grad_input(g, itemsize):
     """Whether grad_input runs as weights x grad_output then col2im (_grad_input_scatter).
 
@@ -880,6 +892,15 @@ def _grad_input_direct(grad_output, weight, g, n_threads):
     zeros a strided transposed convolution would otherwise spread between
     grad_output's rows and columns.
     """
+    if _use_depthwise_scatter_grad_input(g):
+        grad_input = np.empty(g.input_shape, dtype=grad_output.dtype)
+        phases = _scratch("threads", (n_threads, g.H * g.stride[1] * -(-g.W // g.stride[1])),
+                          grad_output.dtype)
+        _conv.grad_input_depthwise_scatter(grad_output, weight.reshape(g.C, g.R * g.S),
+                                           grad_input, phases, g.R, g.S, *g.stride,
+                                           g.padding[0][0], g.padding[1][0], *g.dilation,
+                                           n_threads)
+        return grad_input
     if _use_rows_grad_input(g, weight.itemsize):
         return _grad_input_rows(grad_output, weight, g, n_threads)
     if _use_scatter_grad_input(g, weight.itemsize):

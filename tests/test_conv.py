@@ -464,6 +464,50 @@ def test_depthwise_grad_input_runs_in_place(case, depthwise_calls):
     assert_close(got, expected, kind="grad", err_msg=case)
 
 
+# Depthwise grad_input at strides above 1 (functional._use_depthwise_scatter_grad_input):
+# each plane scattered into column-phase rows, then interleaved.
+DEPTHWISE_STRIDED_GRAD_INPUT = {
+    "mobilenet_s2_odd_width": ((2, 4, 15, 17), (4, 1, 3, 3), dict(stride=2, padding=1)),
+    "stride_2x3_dilated": ((1, 3, 20, 23), (3, 1, 5, 4), dict(stride=(2, 3), padding=(2, 1),
+                                                              dilation=(1, 2))),
+    "column_stride_only": ((2, 2, 9, 14), (2, 1, 2, 5), dict(stride=(1, 2),
+                                                             padding=((1, 0), (2, 2)))),
+    "row_stride_only": ((1, 3, 11, 10), (3, 1, 3, 3), dict(stride=(2, 1), padding=1)),
+    "stride_3_columns_no_tap_reaches": ((2, 2, 10, 11), (2, 1, 2, 2), dict(stride=3)),
+    "same_stride_2": ((1, 5, 13, 9), (5, 1, 4, 4), dict(stride=2, padding="same")),
+    "stride_4_past_the_kernel": ((1, 2, 9, 9), (2, 1, 3, 3), dict(stride=4, padding=1)),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", list(DEPTHWISE_STRIDED_GRAD_INPUT))
+def test_depthwise_strided_grad_input(case, dtype, monkeypatch):
+    """The depthwise scatter kernel, against the reference, equal at 1 and 2 threads,
+    cells no tap reaches left zero."""
+    from convkit._lib import _conv
+
+    calls = []
+    kernel = _conv.grad_input_depthwise_scatter
+    monkeypatch.setattr(_conv, "grad_input_depthwise_scatter",
+                        lambda *args: calls.append(args) or kernel(*args))
+    x_shape, w_shape, kwargs = DEPTHWISE_STRIDED_GRAD_INPUT[case]
+    kwargs = dict(kwargs, groups=x_shape[1])
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(x_shape).astype(dtype)
+    weight = rng.standard_normal(w_shape).astype(dtype)
+    grad_y = rng.standard_normal(reference.conv2d(x, weight, **kwargs).shape).astype(dtype)
+    expected = reference.conv2d_backward(grad_y, x, weight, **kwargs)[0]
+    results = []
+    for n in (1, 2):
+        with convkit.num_threads(n):
+            results.append(convkit.conv2d_backward(grad_y, x, weight, method="direct",
+                                                   output_mask=(True, False, False),
+                                                   **kwargs)[0])
+    assert len(calls) == 2
+    assert_close(results[0], expected, kind="grad", err_msg=case)
+    np.testing.assert_array_equal(results[0], results[1])
+
+
 def test_depthwise_forward_nonfinite():
     """inf beside a row's edge stays out of the cleared lanes; an inf weight keeps 0 * inf.
 

@@ -848,6 +848,74 @@ def forward_depthwise(const floating[:, :, :, ::1] x,  # IN  (N, C, H, W)
                           S, sh, pt, pl, dh, dw, &y[n, k, 0, 0], rs, P, Q, bias[k])
 
 
+def grad_input_depthwise_scatter(const floating[:, :, :, ::1] gy,  # IN  (N, C, P, Q)
+                                 const floating[:, ::1] w,          # IN  (C, R*S)
+                                 floating[:, :, :, ::1] gx,         # OUT (N, C, H, W)
+                                 floating[:, ::1] scratch,          # (n_threads, H*sw*ceil(W/sw))
+                                 int64_t R, int64_t S, int64_t sh, int64_t sw, int64_t pt,
+                                 int64_t pl, int64_t dh, int64_t dw, int n_threads):
+    """grad_input of a depthwise convolution (one input and one output channel per group).
+
+    One task per plane. Its columns are split by phase (column w = m*sw + b
+    goes to row (h, b) of the thread's scratch at m), so that each tap
+    (r, s) of each grad_output row adds its products to a contiguous run of
+    one phase row: the column tap s reads phase b = (s*dw - pl) mod sw,
+    shifted by t = floor((s*dw - pl) / sw). Taps go column by column (each
+    column's range of grad_output columns worked out once), then rows and
+    tap rows in order; the phases are then interleaved into the plane.
+    Only the real products, none with the padding, and the scratch stays
+    in L1 or L2. The sums do not depend on the thread count.
+    """
+    cdef int64_t N = gx.shape[0], C = gx.shape[1], H = gx.shape[2], W = gx.shape[3]
+    cdef int64_t P = gy.shape[2], Q = gy.shape[3]
+    cdef int64_t Wm = (W + sw - 1) // sw
+    cdef int64_t task, n, c, i, r, s, h, j, j_lo, j_hi, off, b, t, m
+    cdef floating wv
+    cdef floating *ph
+    cdef floating *prow
+    cdef floating *odd
+    cdef floating *gxrow
+    cdef const floating *gyrow
+    for task in prange(N * C, schedule="static", nogil=True, num_threads=n_threads):
+        n = task // C
+        c = task % C
+        ph = &scratch[omp_get_thread_num(), 0]
+        memset(ph, 0, H * sw * Wm * sizeof(floating))
+        for s in range(S):
+            off = s * dw - pl
+            b = (off % sw + sw) % sw  # C's % (cdivision) keeps off's sign
+            t = (off - b) // sw       # exact
+            # the j < Q with 0 <= j * sw + off < W
+            j_lo = (-off + sw - 1) // sw if off < 0 else 0
+            j_hi = (W - off + sw - 1) // sw if W > off else 0
+            if j_hi > Q:
+                j_hi = Q
+            for i in range(P):
+                gyrow = &gy[n, c, i, 0]
+                for r in range(R):
+                    h = i * sh - pt + r * dh
+                    if h < 0 or h >= H:
+                        continue
+                    prow = ph + (h * sw + b) * Wm + t
+                    wv = w[c, r * S + s]
+                    for j in range(j_lo, j_hi):
+                        prow[j] += wv * gyrow[j]
+        for h in range(H):
+            gxrow = &gx[n, c, h, 0]
+            prow = ph + h * sw * Wm
+            if sw == 2:
+                odd = prow + Wm
+                for m in range(W // 2):
+                    gxrow[2 * m] = prow[m]
+                    gxrow[2 * m + 1] = odd[m]
+                if W % 2:
+                    gxrow[W - 1] = prow[W // 2]
+            else:
+                for b in range(sw):
+                    for m in range((W - b + sw - 1) // sw):
+                        gxrow[m * sw + b] = prow[b * Wm + m]
+
+
 cdef struct _BlockTask:
     int64_t n, g, blk, k0, kcount
 
