@@ -848,6 +848,18 @@ def forward_depthwise(const floating[:, :, :, ::1] x,  # IN  (N, C, H, W)
                           S, sh, pt, pl, dh, dw, &y[n, k, 0, 0], rs, P, Q, bias[k])
 
 
+cdef inline void _add3(floating *a, floating *b, floating *c, floating wa, floating wb,
+                       floating wc, const floating *g, int64_t lo, int64_t hi) noexcept nogil:
+    """a[j] += wa*g[j], b[j] += wb*g[j], c[j] += wc*g[j] for j in [lo, hi) (distinct rows)."""
+    cdef int64_t j
+    cdef floating v
+    for j in range(lo, hi):
+        v = g[j]
+        a[j] += wa * v
+        b[j] += wb * v
+        c[j] += wc * v
+
+
 def grad_input_depthwise_scatter(const floating[:, :, :, ::1] gy,  # IN  (N, C, P, Q)
                                  const floating[:, ::1] w,          # IN  (C, R*S)
                                  floating[:, :, :, ::1] gx,         # OUT (N, C, H, W)
@@ -892,6 +904,14 @@ def grad_input_depthwise_scatter(const floating[:, :, :, ::1] gy,  # IN  (N, C, 
                 j_hi = Q
             for i in range(P):
                 gyrow = &gy[n, c, i, 0]
+                h = i * sh - pt
+                if R == 3 and h >= 0 and h + 2 * dh < H:
+                    # the three tap rows in one pass over the run: each value
+                    # loaded once, each row's sums in the same order
+                    prow = ph + (h * sw + b) * Wm + t
+                    _add3(prow, prow + dh * sw * Wm, prow + 2 * dh * sw * Wm,
+                          w[c, s], w[c, S + s], w[c, 2 * S + s], gyrow, j_lo, j_hi)
+                    continue
                 for r in range(R):
                     h = i * sh - pt + r * dh
                     if h < 0 or h >= H:
