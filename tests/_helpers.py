@@ -22,6 +22,20 @@ def assert_close(actual, expected, kind="forward", err_msg=""):
     np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol * scale, err_msg=err_msg)
 
 
+def same_on_thread_counts(call, counts=(1, 2)):
+    """``call()`` on each of ``counts`` threads: asserts the results are bitwise
+    equal and returns the first."""
+    import convkit
+
+    results = []
+    for n in counts:
+        with convkit.num_threads(n):
+            results.append(call())
+    for other in results[1:]:
+        np.testing.assert_array_equal(results[0], other)
+    return results[0]
+
+
 def layouts(array):
     """The same values in other memory layouts: (name, array) pairs.
 

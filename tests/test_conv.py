@@ -8,7 +8,7 @@ import pytest
 
 import convkit
 from convkit import reference
-from _helpers import assert_close, check_unmodified, layouts
+from _helpers import assert_close, check_unmodified, layouts, same_on_thread_counts
 
 METHODS = ["direct", "im2col", "auto"]
 DTYPES = [pytest.param(np.float32, id="float32"), pytest.param(np.float64, id="float64")]
@@ -371,14 +371,9 @@ def test_depthwise_grad_weight(case, dtype):
     """Every path of the depthwise grad_weight, equal at 1 and 2 threads."""
     x, weight, grad_output, kwargs = _depthwise_inputs(case, dtype)
     expected = reference.conv2d_backward(grad_output, x, weight, **kwargs)[1]
-    results = []
-    for n in (1, 2):
-        with convkit.num_threads(n):
-            results.append(convkit.conv2d_backward(grad_output, x, weight, method="direct",
-                                                   output_mask=(False, True, False),
-                                                   **kwargs)[1])
-    assert_close(results[0], expected, kind="grad", err_msg=case)
-    np.testing.assert_array_equal(results[0], results[1])
+    result = same_on_thread_counts(lambda: convkit.conv2d_backward(
+        grad_output, x, weight, method="direct", output_mask=(False, True, False), **kwargs)[1])
+    assert_close(result, expected, kind="grad", err_msg=case)
 
 
 # id -> (x shape, weight shape, conv kwargs): convolutions of one input channel
@@ -442,13 +437,10 @@ def test_depthwise_forward(case, dtype, depthwise_calls):
     """The in-place depthwise kernel, against the reference, equal at 1 and 2 threads."""
     x, weight, bias, kwargs = _depthwise_forward_inputs(case, dtype)
     expected = reference.conv2d(x, weight, bias, **kwargs)
-    results = []
-    for n in (1, 2):
-        with convkit.num_threads(n):
-            results.append(convkit.conv2d(x, weight, bias, method="direct", **kwargs))
+    result = same_on_thread_counts(
+        lambda: convkit.conv2d(x, weight, bias, method="direct", **kwargs))
     assert len(depthwise_calls) == 2
-    assert_close(results[0], expected, err_msg=case)
-    np.testing.assert_array_equal(results[0], results[1])
+    assert_close(result, expected, err_msg=case)
 
 
 @pytest.mark.parametrize("case", ["mobilenet_28", "row_stride_crop"])
@@ -497,15 +489,10 @@ def test_depthwise_strided_grad_input(case, dtype, monkeypatch):
     weight = rng.standard_normal(w_shape).astype(dtype)
     grad_y = rng.standard_normal(reference.conv2d(x, weight, **kwargs).shape).astype(dtype)
     expected = reference.conv2d_backward(grad_y, x, weight, **kwargs)[0]
-    results = []
-    for n in (1, 2):
-        with convkit.num_threads(n):
-            results.append(convkit.conv2d_backward(grad_y, x, weight, method="direct",
-                                                   output_mask=(True, False, False),
-                                                   **kwargs)[0])
+    result = same_on_thread_counts(lambda: convkit.conv2d_backward(
+        grad_y, x, weight, method="direct", output_mask=(True, False, False), **kwargs)[0])
     assert len(calls) == 2
-    assert_close(results[0], expected, kind="grad", err_msg=case)
-    np.testing.assert_array_equal(results[0], results[1])
+    assert_close(result, expected, kind="grad", err_msg=case)
 
 
 def test_depthwise_forward_nonfinite():
