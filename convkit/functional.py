@@ -883,6 +883,18 @@ def _grad_input_scatter(grad_output, weight, g, n_threads):
     return grad_input
 
 
+def _grad_input_depthwise_scatter(grad_output, weight, g, n_threads):
+    """A depthwise grad_input at strides above 1 (see _use_depthwise_scatter_grad_input)."""
+    grad_input = np.empty(g.input_shape, dtype=grad_output.dtype)
+    # per thread: a plane's rows, split into sw column phases
+    phases = _scratch("threads", (n_threads, g.H * g.stride[1] * -(-g.W // g.stride[1])),
+                      grad_output.dtype)
+    _conv.grad_input_depthwise_scatter(grad_output, weight.reshape(g.C, g.R * g.S), grad_input,
+                                       phases, g.R, g.S, *g.stride, g.padding[0][0],
+                                       g.padding[1][0], *g.dilation, n_threads)
+    return grad_input
+
+
 def _grad_input_direct(grad_output, weight, g, n_threads):
     """grad_input as stride-1 convolutions of grad_output, one per input phase.
 
@@ -896,14 +908,7 @@ def _grad_input_direct(grad_output, weight, g, n_threads):
     grad_output's rows and columns.
     """
     if _use_depthwise_scatter_grad_input(g):
-        grad_input = np.empty(g.input_shape, dtype=grad_output.dtype)
-        phases = _scratch("threads", (n_threads, g.H * g.stride[1] * -(-g.W // g.stride[1])),
-                          grad_output.dtype)
-        _conv.grad_input_depthwise_scatter(grad_output, weight.reshape(g.C, g.R * g.S),
-                                           grad_input, phases, g.R, g.S, *g.stride,
-                                           g.padding[0][0], g.padding[1][0], *g.dilation,
-                                           n_threads)
-        return grad_input
+        return _grad_input_depthwise_scatter(grad_output, weight, g, n_threads)
     if _use_rows_grad_input(g, weight.itemsize):
         return _grad_input_rows(grad_output, weight, g, n_threads)
     if _use_scatter_grad_input(g, weight.itemsize):

@@ -105,7 +105,7 @@ def shape_of(shapes, name):
 def make_call(convkit, shapes, name, op, method):
     """A no-argument callable running ``op`` of ``convkit`` on shape ``name`` (seed 0)."""
     if op.removesuffix("-f64") in POOL_OPS:
-        return make_pool_call(convkit, _bench_shapes(convkit)[1], name, op)
+        return make_pool_call(convkit, _pool_shapes(convkit), name, op)
     dtype = np.float64 if op.endswith("-f64") else np.float32
     kind = op.split("-")[0]
     s = shape_of(shapes, name)
@@ -120,10 +120,9 @@ def make_call(convkit, shapes, name, op, method):
     return lambda: convkit.conv2d_backward(gy, x, w, output_mask=OUTPUT_MASKS[kind], **kw)
 
 
-def _bench_shapes(convkit):
-    """(CONV_SHAPES, POOL_SHAPES) of ``convkit``'s bench module."""
-    bench = importlib.import_module(convkit.__name__ + ".bench")
-    return bench.CONV_SHAPES, bench.POOL_SHAPES
+def _pool_shapes(convkit):
+    """POOL_SHAPES of ``convkit``'s bench module (the renamed copy's, with --interleave)."""
+    return importlib.import_module(convkit.__name__ + ".bench").POOL_SHAPES
 
 
 def child(shapes, op, method):
