@@ -149,6 +149,11 @@ def test_pointwise_rule_follows_blas_width(monkeypatch, isa, libraries, narrower
         methods = {functional._measured_method(pointwise, op, 4)
                    for op in ("forward", "grad_input")}
         assert methods == {"direct" if narrower else "im2col"}
+        # grad_weight with K/G filling the channel-vector block runs that
+        # kernel only with AVX-512 kernels; elsewhere the GEMMs were faster.
+        wide = conv_geometry((2, 8, 5, 5), (64, 8, 1, 1), 1, 0, 1, 1)
+        expected = "direct" if isa == "avx512f" else "im2col"
+        assert functional._measured_method(wide, "grad_weight", 4) == expected
         # Other shapes keep their rule.
         three = conv_geometry((2, 8, 5, 5), (4, 8, 3, 3), 1, 1, 1, 1)
         assert functional._measured_method(three, "forward", 4) == "direct"

@@ -25,6 +25,10 @@ same stretch of the machine: the report gives the median over pairs of
 old/new, the ratio of the fastest calls, and whether the two give the same
 bits. Two copies of one build read 0.98x-1.03x this way on a noisy 2-core VM,
 where separate processes spread by 2x.
+
+--method direct,im2col gives each side its own conv method: with one
+checkout on both sides (python tools/ab.py . . resnet-1x1 gw --interleave
+--method direct,im2col) it measures the "auto" rule's choices.
 """
 
 import argparse
@@ -149,7 +153,7 @@ def separate_processes(args):
     for _ in range(args.reps or 3):
         for side, path in trees.items():
             run = subprocess.run([sys.executable, os.path.abspath(__file__), "--child",
-                                  args.shapes, args.op, args.method],
+                                  args.shapes, args.op, args.methods[side]],
                                  cwd="/", env={**os.environ, "PYTHONPATH": path},
                                  capture_output=True, text=True, check=True)
             results[side].append(json.loads(run.stdout))
@@ -191,8 +195,8 @@ def interleaved(args):
         new = _load_renamed(os.path.abspath(args.new), "convkit_new", folder)
         shapes = importlib.import_module("convkit_new.bench").CONV_SHAPES
         for name in args.shapes.split(","):
-            calls = {"old": make_call(old, shapes, name, args.op, args.method),
-                     "new": make_call(new, shapes, name, args.op, args.method)}
+            calls = {side: make_call(package, shapes, name, args.op, args.methods[side])
+                     for side, package in (("old", old), ("new", new))}
             same = _same_bits(calls["old"](), calls["new"]())
             times = {"old": [], "new": []}
             for i in range(args.reps or 41):
@@ -219,13 +223,18 @@ def main():
     parser.add_argument("shapes")
     ops = ["fwd", "bwd", "gi", "gw", *POOL_OPS]
     parser.add_argument("op", choices=ops + [op + "-f64" for op in ops])
-    parser.add_argument("--method", default="auto")
+    parser.add_argument("--method", default="auto",
+                        help="conv method of both sides, or OLD_METHOD,NEW_METHOD")
     parser.add_argument("--reps", type=int, default=None,
                         help="processes per side (default 3), or calls per side with "
                              "--interleave (default 41)")
     parser.add_argument("--interleave", action="store_true",
                         help="both checkouts in one process, calls alternating")
     args = parser.parse_args()
+    methods = args.method.split(",")
+    if len(methods) not in (1, 2):
+        parser.error("--method takes METHOD or OLD_METHOD,NEW_METHOD")
+    args.methods = dict(zip(("old", "new"), methods * (3 - len(methods))))
     (interleaved if args.interleave else separate_processes)(args)
 
 
