@@ -551,9 +551,12 @@ static inline int64_t ck_kvec_chunk(int64_t per_channel, int64_t Cg)
         int64_t n, p0, p1, p, q, b, i, v, l, k, j, npos;                                \
         T *gt = scratch + nblk * TB * KBW;                                              \
         memset(scratch, 0, (size_t)(nblk * TB * KBW) * sizeof(T));                      \
+        /* Columns col = mj*DIV + mn; (c, t) = (mj, mn), or (mn, mj) with exact. */      \
+        const int64_t DIV = exact ? Cg : RS;                                            \
         for (n = 0; n < N; n++) {                                                       \
             const T *xn = x + n * x_nstride;                                            \
             for (p0 = 0; p0 < P; p0 = p1) {                                             \
+                int64_t mj = col0 / DIV, mn = col0 % DIV;                               \
                 p1 = p0 + chunk_rows < P ? p0 + chunk_rows : P;                         \
                 npos = (p1 - p0) * Q;                                                   \
                 for (k = 0; k < KBW; k++) {                                             \
@@ -574,12 +577,16 @@ static inline int64_t ck_kvec_chunk(int64_t per_channel, int64_t Cg)
                     int64_t pu_lo = 0, pu_hi = P, pi_lo = p_lo, pi_hi = p_hi;           \
                     int64_t qu_lo = 0, qu_hi = Q, qi_lo = q_lo, qi_hi = q_hi;           \
                     T *slot = scratch + b * TB * KBW;                                   \
+                    int64_t c0_ = exact ? mn : mj, t0_ = exact ? mj : mn;               \
                     for (i = 0; i < TB; i++) {                                          \
-                        int64_t col = col0 + b * TB + i;                                \
-                        if (col >= col0 + ncols)                                        \
-                            col = col0 + b * TB;                                        \
-                        int64_t c_ = exact ? col % Cg : col / RS;                       \
-                        int64_t t_ = exact ? col / Cg : col % RS;                       \
+                        /* Past ncols: the block's first column again. */              \
+                        int64_t in_ = b * TB + i < ncols;                               \
+                        int64_t c_ = in_ ? (exact ? mn : mj) : c0_;                     \
+                        int64_t t_ = in_ ? (exact ? mj : mn) : t0_;                     \
+                        if (++mn == DIV) {                                              \
+                            mn = 0;                                                     \
+                            mj++;                                                       \
+                        }                                                               \
                         xc[i] = xn + c_ * chan_stride;                                  \
                         ro[i] = roff[t_];                                               \
                         so[i] = soff[t_];                                               \
@@ -620,6 +627,25 @@ static inline int64_t ck_kvec_chunk(int64_t per_channel, int64_t Cg)
                     for (i = 0; i < TB; i++)                                            \
                         for (v = 0; v < KV; v++)                                        \
                             memcpy(&acc[i][v], slot + (i * KV + v) * VL, sizeof(V));    \
+                    if (!exact && pu_lo >= pi_lo && pu_hi <= pi_hi && qi_lo == 0       \
+                        && qi_hi == Q) {                                                \
+                        /* Every tap reads inside for every position of the chunk:     \
+                         * plain loops over its rows and columns, without the checks   \
+                         * and the three column runs of a row (short rows spent much   \
+                         * of their time there). Same order, same sums. */            \
+                        const T *g = gt;                                                \
+                        for (p = pu_lo; p < pu_hi; p++) {                               \
+                            const T *xp = xn + p * sh * W;                              \
+                            for (q = 0; q < Q; q++, g += KBW) {                         \
+                                V gv[KV_];                                              \
+                                for (v = 0; v < KV_; v++)                               \
+                                    memcpy(&gv[v], g + v * VL, sizeof(V));              \
+                                for (i = 0; i < TB_; i++)                               \
+                                    CK_GWK_TERM(xp[q * sw + xd[i]]);                    \
+                            }                                                           \
+                        }                                                               \
+                        pu_hi = pu_lo; /* done */                                       \
+                    }                                                                   \
                     for (p = pu_lo; p < pu_hi; p++) {                                   \
                         const T *g = gt + (p - p0) * Q * KBW;                           \
                         if (p >= pi_lo && p < pi_hi) {                                  \
