@@ -105,10 +105,10 @@ def max_pool2d_backward(grad_output, indices, input_shape):
     if grad_output.size == 0:
         grad_input.fill(0)
         return grad_input
-    L = grad_output.shape[2] * grad_output.shape[3]
-    bad = _pool.max_backward(contiguous(grad_output).reshape(N * C, L),
-                             contiguous(indices).reshape(N * C, L),
-                             grad_input.reshape(N * C, H * W),
+    P, Q = grad_output.shape[2:]
+    bad = _pool.max_backward(contiguous(grad_output).reshape(N * C, P * Q),
+                             contiguous(indices).reshape(N * C, P * Q),
+                             grad_input.reshape(N * C, H * W), H, W, P, Q,
                              _threads.threads_for(grad_output.size + grad_input.size))
     if bad:
         flat = indices.reshape(-1)

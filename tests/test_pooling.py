@@ -202,6 +202,48 @@ def test_overlapping_windows_accumulate_gradients(dtype):
     assert grad_input[0, 0, 2, 2] == 4 and grad_input.sum() == 4
 
 
+# Planes of 8 KB and more (float32 48x48) go through the 2x2 block kernel
+# wherever the outputs fit 2x2 blocks; the others, and any plane with an
+# index outside its own block, are zeroed and scattered. Both must give the
+# reference's bits: 0 + g in the cell named (so -0 turns +0 and a NaN stays),
+# zero elsewhere, overlapping contributions added in order.
+BLOCK_SHAPES = [(2, 3, 48, 48), (1, 2, 49, 51), (1, 1, 64, 130), (1, 2, 24, 24)]
+
+
+def _in_block_indices(rng, H, W, P, Q, shape):
+    """A random cell of each output's own 2x2 block (not the maximum's)."""
+    p, q = np.meshgrid(np.arange(P), np.arange(Q), indexing="ij")
+    cell = rng.integers(0, 4, size=shape)
+    return ((2 * p + cell // 2) * W + 2 * q + cell % 2).astype(np.int64)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", BLOCK_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("pool", [(2, 2, 0), (3, 2, 1), (2, 2, 1)], ids=["k2s2", "k3s2p1", "k2s2p1"])
+def test_max_pool2d_backward_blocks_match_the_scatter(shape, pool, dtype):
+    from _helpers import same_on_thread_counts
+
+    rng = np.random.default_rng(sum(shape))
+    x = rng.standard_normal(shape).astype(dtype)
+    y, indices = convkit.max_pool2d(x, *pool, return_indices=True)
+    grad_output = rng.standard_normal(y.shape).astype(dtype)
+    grad_output.flat[::5] = -0.0
+    grad_output.flat[1::7] = np.nan
+    (H, W), (P, Q) = shape[2:], y.shape[2:]
+    variants = [indices]
+    if 2 * P <= H and 2 * Q <= W:
+        inside = _in_block_indices(rng, H, W, P, Q, y.shape)
+        # One index in a neighbour's block: that plane falls back to the scatter.
+        foreign = inside.copy()
+        foreign[0, -1, P // 2, Q - 1] = (2 * (P // 2)) * W  # block (P//2, 0)
+        variants += [inside, foreign]
+    for variant in variants:
+        got = same_on_thread_counts(
+            lambda: convkit.max_pool2d_backward(grad_output, variant, shape))
+        expected = reference.max_pool2d_backward(grad_output, variant, shape)
+        assert got.tobytes() == expected.tobytes()
+
+
 def test_ceil_mode_last_window_rule():
     x = normal_values((1, 1, 5, 5), np.float64)
     assert convkit.max_pool2d(x, 2, ceil_mode=True).shape == (1, 1, 3, 3)

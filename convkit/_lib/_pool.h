@@ -19,7 +19,9 @@
  * convolution kernels).
  *
  * Kernel 2 stride 2 with every window inside the input (the classic 2x2
- * pooling) has its own one-pass kernel, all four taps in registers.
+ * pooling) has its own one-pass kernel, all four taps in registers, and
+ * so has the backward of any outputs whose indices each lie in their own
+ * 2x2 block (PK_DEFINE_MAX_BWD_2X2).
  *
  * Winners are tracked as offsets from the window's corner (r*dh*W + s*dw)
  * in integer lanes as wide as the float's: int32 for float32 (the caller
@@ -470,6 +472,110 @@ static inline void pk_valid_range(int64_t size, int64_t count, int64_t step, int
                         wi);                                                            \
     }
 
+/*
+ * NAME(gy, idx, gx, H, W, P, Q): max pooling's gradient for one plane where
+ * 2P <= H and 2Q <= W and every index names a cell of its own 2x2 block
+ * (rows 2p, 2p+1, columns 2q, 2q+1), as kernel 2 stride 2 without padding
+ * gives. Then no two outputs share a cell, and the scatter
+ * (gx = 0; gx[idx[k]] += gy[k]) comes to: each block's cell at the index
+ * takes 0 + gy (-0 becomes +0 there too), its three others and every cell
+ * outside the blocks 0. This writes gx that way, a pair of rows at a time,
+ * whole vectors of windows: each window's offset idx - (2p*W + 2q) in
+ * {0, 1, W, W+1} picks its cell, and the windows' four masked values
+ * interleave into the two rows. The last vector of a row overlaps the one
+ * before (the same values again) rather than running scalar. Returns 1,
+ * gx partly written, at the end of a row holding an index outside its
+ * block (the caller then scatters the plane), else 0. W must fit IT.
+ */
+#define PK_DEFINE_MAX_BWD_2X2(NAME, T, IT, VBYTES, ATTR)                                \
+    ATTR static int NAME(const T *gy, const int64_t *idx, T *gx, int64_t H, int64_t W,  \
+                         int64_t P, int64_t Q)                                          \
+    {                                                                                   \
+        typedef T V __attribute__((vector_size(VBYTES)));                               \
+        typedef IT IV __attribute__((vector_size(VBYTES)));                             \
+        /* The indices in vectors of the same width: NH of them a vector of V. */      \
+        typedef int64_t LV __attribute__((vector_size(VBYTES)));                        \
+        enum { VL = VBYTES / sizeof(T), LL = VBYTES / 8, NH = VL / LL };                \
+        IV lo_half, hi_half, narrow;                                                    \
+        LV iota2[NH];                                                                   \
+        int64_t p, q, l, h, q_max = Q - VL;                                             \
+        for (l = 0; l < VL; l++) {                                                      \
+            iota2[l / LL][l % LL] = 2 * l;                                              \
+            /* lane l of a row's first vector: window l/2's cell l%2 */                 \
+            lo_half[l] = (IT)(l / 2 + (l % 2) * VL);                                    \
+            hi_half[l] = (IT)(VL / 2 + l / 2 + (l % 2) * VL);                           \
+            /* the low halves of two vectors of int64 (little-endian) */                \
+            narrow[l] = (IT)(2 * l);                                                    \
+        }                                                                               \
+        for (p = 0; p < P; p++) {                                                       \
+            const T *g = gy + p * Q;                                                    \
+            const int64_t *ix = idx + p * Q;                                            \
+            T *a = gx + 2 * p * W, *b = a + W;                                          \
+            int64_t bad = 0;                                                            \
+            LV badv = {0};                                                              \
+            q = 0;                                                                      \
+            if (q_max >= 0)                                                             \
+                for (;; q += VL) {                                                      \
+                    V gv, zero = {0}, c0, c1, c2, c3, a0, a1, b0, b1;                   \
+                    LV off[NH];                                                         \
+                    IV r, c, o;                                                         \
+                    if (q > q_max)                                                      \
+                        q = q_max;                                                      \
+                    memcpy(&gv, g + q, sizeof(V));                                      \
+                    gv += zero; /* -0 becomes +0, as the scatter's 0 + g */             \
+                    for (h = 0; h < NH; h++) {                                          \
+                        LV iv, col;                                                     \
+                        memcpy(&iv, ix + q + h * LL, sizeof(LV));                       \
+                        off[h] = iv - (iota2[h] + (2 * p * W + 2 * q));                 \
+                        /* in the block: off - (W if off >= W) is 0 or 1 */             \
+                        col = off[h] - ((off[h] >= W) & W);                             \
+                        badv |= (col < 0) | (col > 1);                                  \
+                    }                                                                   \
+                    if (NH == 1)                                                        \
+                        memcpy(&o, &off[0], sizeof(IV));                                \
+                    else                                                                \
+                        o = __builtin_shuffle((IV)off[0], (IV)off[NH - 1], narrow);     \
+                    r = o >= (IT)W;                                                     \
+                    c = (o - (r & (IT)W)) == 1;                                         \
+                    c0 = (V)((IV)gv & ~r & ~c);                                         \
+                    c1 = (V)((IV)gv & ~r & c);                                          \
+                    c2 = (V)((IV)gv & r & ~c);                                          \
+                    c3 = (V)((IV)gv & r & c);                                           \
+                    a0 = __builtin_shuffle(c0, c1, lo_half);                            \
+                    a1 = __builtin_shuffle(c0, c1, hi_half);                            \
+                    b0 = __builtin_shuffle(c2, c3, lo_half);                            \
+                    b1 = __builtin_shuffle(c2, c3, hi_half);                            \
+                    memcpy(a + 2 * q, &a0, sizeof(V));                                  \
+                    memcpy(a + 2 * q + VL, &a1, sizeof(V));                             \
+                    memcpy(b + 2 * q, &b0, sizeof(V));                                  \
+                    memcpy(b + 2 * q + VL, &b1, sizeof(V));                             \
+                    if (q == q_max) {                                                   \
+                        q = Q;                                                          \
+                        break;                                                          \
+                    }                                                                   \
+                }                                                                       \
+            for (l = 0; l < LL; l++)                                                    \
+                bad |= badv[l];                                                         \
+            for (; q < Q; q++) {                                                        \
+                int64_t o1 = ix[q] - (2 * p * W + 2 * q);                               \
+                T v = 0;                                                                \
+                v += g[q];                                                              \
+                a[2 * q] = o1 == 0 ? v : 0;                                             \
+                a[2 * q + 1] = o1 == 1 ? v : 0;                                         \
+                b[2 * q] = o1 == W ? v : 0;                                             \
+                b[2 * q + 1] = o1 == W + 1 ? v : 0;                                     \
+                bad |= o1 != 0 && o1 != 1 && o1 != W && o1 != W + 1;                    \
+            }                                                                           \
+            if (bad)                                                                    \
+                return 1;                                                               \
+            for (q = 2 * Q; q < W; q++) /* at most one column, mostly */             \
+                a[q] = b[q] = 0;                                                        \
+        }                                                                               \
+        if (2 * P < H)                                                                  \
+            memset(gx + 2 * P * W, 0, (size_t)((H - 2 * P) * W) * sizeof(T));           \
+        return 0;                                                                       \
+    }
+
 #if PK_X86
 #define PK_AVX512 __attribute__((target("avx512f,avx2")))
 #define PK_AVX2 __attribute__((target("avx2")))
@@ -490,6 +596,8 @@ PK_DEFINE_PLANES(f32_base, float, int32_t, pk_f32_base16, pk_f32_base16, pk_f32_
                  PK_BASE)
 PK_DEFINE_PLANES(f64_base, double, int64_t, pk_f64_base16, pk_f64_base16, pk_f64_base16,
                  PK_BASE)
+PK_DEFINE_MAX_BWD_2X2(pk_max_bwd_2x2_f32_base, float, int32_t, 16, PK_BASE)
+PK_DEFINE_MAX_BWD_2X2(pk_max_bwd_2x2_f64_base, double, int64_t, 16, PK_BASE)
 #if PK_X86
 PK_DEFINE_WIDTH(pk_f32_avx2_32, float, int32_t, 32, PK_AVX2)
 PK_DEFINE_WIDTH(pk_f64_avx2_32, double, int64_t, 32, PK_AVX2)
@@ -499,6 +607,8 @@ PK_DEFINE_PLANES(f32_avx2, float, int32_t, pk_f32_avx2_32, pk_f32_avx2_16, pk_f3
                  PK_AVX2)
 PK_DEFINE_PLANES(f64_avx2, double, int64_t, pk_f64_avx2_32, pk_f64_avx2_16, pk_f64_avx2_16,
                  PK_AVX2)
+PK_DEFINE_MAX_BWD_2X2(pk_max_bwd_2x2_f32_avx2, float, int32_t, 32, PK_AVX2)
+PK_DEFINE_MAX_BWD_2X2(pk_max_bwd_2x2_f64_avx2, double, int64_t, 32, PK_AVX2)
 PK_DEFINE_WIDTH(pk_f32_avx512_64, float, int32_t, 64, PK_AVX512)
 PK_DEFINE_WIDTH(pk_f64_avx512_64, double, int64_t, 64, PK_AVX512)
 PK_DEFINE_WIDTH(pk_f32_avx512_32, float, int32_t, 32, PK_AVX512)
@@ -509,6 +619,8 @@ PK_DEFINE_PLANES(f32_avx512, float, int32_t, pk_f32_avx512_64, pk_f32_avx512_32,
                  pk_f32_avx512_16, PK_AVX512)
 PK_DEFINE_PLANES(f64_avx512, double, int64_t, pk_f64_avx512_64, pk_f64_avx512_32,
                  pk_f64_avx512_16, PK_AVX512)
+PK_DEFINE_MAX_BWD_2X2(pk_max_bwd_2x2_f32_avx512, float, int32_t, 64, PK_AVX512)
+PK_DEFINE_MAX_BWD_2X2(pk_max_bwd_2x2_f64_avx512, double, int64_t, 64, PK_AVX512)
 #endif
 
 typedef void (*pk_max_plane_f32_t)(const float *, float *, int64_t *, void *, int64_t,
@@ -523,16 +635,24 @@ typedef void (*pk_max_2x2_f32_t)(const float *, float *, int64_t *, void *, int6
 typedef void (*pk_max_2x2_f64_t)(const double *, double *, int64_t *, void *, int64_t,
                                  int64_t, int64_t);
 
+typedef int (*pk_max_bwd_2x2_f32_t)(const float *, const int64_t *, float *, int64_t,
+                                    int64_t, int64_t, int64_t);
+typedef int (*pk_max_bwd_2x2_f64_t)(const double *, const int64_t *, double *, int64_t,
+                                    int64_t, int64_t, int64_t);
+
 typedef struct {
     const char *isa;
     pk_max_plane_f32_t max_plane_f32;
     pk_max_plane_f64_t max_plane_f64;
     pk_max_2x2_f32_t max_2x2_f32;
     pk_max_2x2_f64_t max_2x2_f64;
+    pk_max_bwd_2x2_f32_t max_bwd_2x2_f32;
+    pk_max_bwd_2x2_f64_t max_bwd_2x2_f64;
 } pk_kernels_t;
 
 static pk_kernels_t pk_kernels = {"baseline", pk_max_plane_f32_base, pk_max_plane_f64_base,
-                                  pk_max_2x2_f32_base, pk_max_2x2_f64_base};
+                                  pk_max_2x2_f32_base, pk_max_2x2_f64_base,
+                                  pk_max_bwd_2x2_f32_base, pk_max_bwd_2x2_f64_base};
 
 /* Pick the widest variant this CPU runs; CONVKIT_ISA=avx2|baseline caps it. */
 static void pk_select_kernels(const char *cap)
@@ -543,11 +663,13 @@ static void pk_select_kernels(const char *cap)
     __builtin_cpu_init();
     if (allow512 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2")) {
         pk_kernels_t k = {"avx512f", pk_max_plane_f32_avx512, pk_max_plane_f64_avx512,
-                          pk_max_2x2_f32_avx512, pk_max_2x2_f64_avx512};
+                          pk_max_2x2_f32_avx512, pk_max_2x2_f64_avx512,
+                          pk_max_bwd_2x2_f32_avx512, pk_max_bwd_2x2_f64_avx512};
         pk_kernels = k;
     } else if (allow2 && __builtin_cpu_supports("avx2")) {
         pk_kernels_t k = {"avx2", pk_max_plane_f32_avx2, pk_max_plane_f64_avx2,
-                          pk_max_2x2_f32_avx2, pk_max_2x2_f64_avx2};
+                          pk_max_2x2_f32_avx2, pk_max_2x2_f64_avx2,
+                          pk_max_bwd_2x2_f32_avx2, pk_max_bwd_2x2_f64_avx2};
         pk_kernels = k;
     }
 #else
