@@ -139,9 +139,9 @@ def _measured_method(g, op, itemsize):
     sums all images in one pass where the GEMMs go image by image.
     (conv2d_backward runs that OpenMP kernel before the GEMMs.) With AVX2
     kernels and OpenBLAS's Haswell GEMMs (a 2-core Zen 3 EPYC) the GEMMs
-    were 1.10x-1.27x as fast as that kernel on seven of nine 1x1 shapes,
-    float32 and float64 alike (0.9x on 8x2048x7x7 -> 512 and
-    64x32x12x12 -> 64). Every other forward runs direct:
+    were as fast as that kernel on resnet-1x1 (0.96x-1.10x) and 1.10x-1.27x
+    as fast on six larger 1x1 shapes, float32 and float64 alike (0.9x on
+    8x2048x7x7 -> 512 and 64x32x12x12 -> 64). Every other forward runs direct:
     its kernels scale with threads where im2col's copy does not. So does every grad_input: one stride-1
     convolution per stride phase, or weights x grad_output then col2im
     (see _use_scatter_grad_input). grad_weight runs direct wherever the
